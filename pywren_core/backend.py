@@ -1,0 +1,140 @@
+"""What a backend declares about itself, and a backend opened with a config (a Session).
+
+Plugins build a :class:`BackendInfo` in their ``pywren_backend_info`` hook; the core adapts payload
+inlining, timeouts and the invocation rate to its :class:`Limits`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from pywren_core.errors import ThrottledError
+
+T = TypeVar("T")
+
+#: The hook contract's version. A plugin whose ``BackendInfo.api_version`` differs is refused.
+API_VERSION = 1
+
+#: Marks a config field that has no default and must be given.
+REQUIRED: Any = attrs.make_class("Required", [], repr=False)()
+
+
+@attrs.frozen
+class ConfigField:
+    """One key of a backend's config section."""
+
+    name: str
+    type: type | tuple[type, ...]
+    default: Any = REQUIRED
+    #: Secret fields are masked by ``pywren config`` and never travel to workers.
+    secret: bool = False
+    help: str = ""
+
+
+@attrs.frozen
+class Limits:
+    """The platform's limits, in the units the core works in."""
+
+    #: Largest invoke payload, once JSON-encoded. Arguments that do not fit go through storage.
+    max_payload_bytes: int
+    #: Longest a call may run, in seconds; also the default per-call timeout.
+    max_runtime: float
+    #: Invocations that may run at once; the client never has more invoke requests in flight.
+    max_concurrency: int
+    #: Invocations per second the platform accepts before throttling (None: no known limit).
+    max_invoke_rate: float | None = None
+
+
+@attrs.frozen
+class BackendInfo:
+    """A backend's self-description, returned by its ``pywren_backend_info`` hook."""
+
+    name: str
+    limits: Limits
+    config: Sequence[ConfigField] = ()
+    api_version: int = API_VERSION
+    #: Dotted path of the platform's entry point that calls ``pywren_core.worker.handle``.
+    handler: str = ""
+    #: Smallest and largest pause between completion polls, in seconds.
+    poll_interval: tuple[float, float] = (0.05, 2.0)
+    #: Storage requests the client runs at once while collecting results (1: no thread pool).
+    storage_concurrency: int = 32
+    #: Free-form facts for ``pywren backends --features`` (trigger kinds, isolation, ...).
+    features: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def field(self, name: str) -> ConfigField | None:
+        return next((f for f in self.config if f.name == name), None)
+
+    def public_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The config without its secret fields: what may travel to a worker or be shown."""
+        secret = {f.name for f in self.config if f.secret}
+        return {k: v for k, v in config.items() if k not in secret}
+
+
+def backoff_delay(attempt: int, retry_after: float | None = None, base: float = 0.05, cap: float = 5.0) -> float:
+    """Exponential backoff with full jitter; the platform's own hint wins when it gave one."""
+    if retry_after is not None:
+        return retry_after
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def retry_throttled(operation: Callable[[], T], attempts: int = 10) -> T:
+    """Run ``operation``, waiting and trying again while the platform says it is throttled."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except ThrottledError as exc:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(backoff_delay(attempt, exc.retry_after))
+    raise AssertionError("unreachable")
+
+
+class Session:
+    """A backend opened with a config: the storage and invoke calls the executor and worker make.
+
+    Each method calls the backend's hook through its own plugin manager, so wrapper plugins
+    (fault injection, metrics, encryption) apply whatever the backend. Storage calls that the
+    platform throttles are retried here with backoff; invocations are retried by the invoker.
+    """
+
+    def __init__(self, name: str, info: BackendInfo, hook: Any, config: Mapping[str, Any], role: str):
+        self.name = name
+        self.info = info
+        self.config = dict(config)
+        self._hook = hook
+        self.handle = hook.pywren_connect(config=self.config, role=role)
+
+    def put(self, key: str, data: bytes) -> None:
+        data = bytes(data)
+        retry_throttled(lambda: self._hook.pywren_storage_put(session=self.handle, key=key, data=data))
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        return retry_throttled(
+            lambda: self._hook.pywren_storage_get(session=self.handle, key=key, byte_range=byte_range)
+        )
+
+    def list(self, prefix: str) -> list[str]:
+        return list(retry_throttled(lambda: self._hook.pywren_storage_list(session=self.handle, prefix=prefix)))
+
+    def delete(self, keys: Sequence[str]) -> None:
+        if keys:
+            keys = list(keys)
+            retry_throttled(lambda: self._hook.pywren_storage_delete(session=self.handle, keys=keys))
+
+    def invoke(self, payload: Mapping[str, Any]) -> None:
+        self._hook.pywren_invoke(session=self.handle, payload=payload)
+
+    def deploy(self) -> str | None:
+        return self._hook.pywren_deploy(session=self.handle, config=self.config)
+
+    def remove(self) -> str | None:
+        return self._hook.pywren_remove(session=self.handle, config=self.config)
+
+    def close(self) -> None:
+        self._hook.pywren_close(session=self.handle)

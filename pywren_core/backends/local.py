@@ -1,0 +1,348 @@
+"""The embedded ``local`` backend: storage in a directory, calls in a pool of worker processes.
+
+It is registered as a plugin exactly like an outside backend, and its worker processes run the
+same :func:`pywren_core.worker.handle` the clouds run, so it is both the quick start and the
+reference implementation of the hook contract. The pool is shared by every executor in a process
+and kept warm; a supervisor thread hands out payloads, kills calls that overrun their timeout and
+reports workers that die mid-call, so the client never waits on a call nobody is running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import attrs
+
+import pywren_core
+from pywren_core import worker
+from pywren_core.backend import BackendInfo, ConfigField, Limits
+from pywren_core.errors import CallFailedError, CallTimeoutError, NotFoundError, StorageError, WorkerDiedError
+from pywren_core.hookspecs import hookimpl
+from pywren_core.protocol import JobKeys
+
+_TMP_PREFIX = ".pywren-tmp-"
+
+
+def default_storage_dir() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "pywren", "storage")
+
+
+@hookimpl
+def pywren_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="local",
+        limits=Limits(max_payload_bytes=64 * 2**20, max_runtime=3600.0, max_concurrency=os.cpu_count() or 1),
+        config=(
+            ConfigField("storage_dir", str, default_storage_dir(), help="directory that holds the job objects"),
+            ConfigField("workers", int, 0, help="worker processes; 0 means one per CPU"),
+        ),
+        handler="pywren_core.backends.local:worker_main",
+        poll_interval=(0.002, 0.1),
+        storage_concurrency=1,
+        features={"trigger": "process pool", "isolation": "warm processes, a working directory per call"},
+    )
+
+
+@attrs.define
+class LocalSession:
+    root: str
+    workers: int
+    known_dirs: set[str] = attrs.field(factory=set)
+
+
+@hookimpl
+def pywren_connect(config: Mapping[str, Any], role: str) -> LocalSession:
+    root = os.path.abspath(os.path.expanduser(config["storage_dir"]))
+    os.makedirs(root, exist_ok=True)
+    session = LocalSession(root, config["workers"] or os.cpu_count() or 1)
+    if role == "client":  # start the workers now, so they are warm by the first call
+        WorkerPool.shared(session.workers)
+    return session
+
+
+def _path(session: LocalSession, key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") or p.startswith(_TMP_PREFIX) for p in parts):
+        raise StorageError(f"invalid storage key {key!r}")
+    return os.path.join(session.root, *parts)
+
+
+@hookimpl
+def pywren_storage_put(session: LocalSession, key: str, data: bytes) -> None:
+    path = _path(session, key)
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}")
+    for _ in range(3):  # a concurrent delete may remove the directory between the two steps
+        if directory not in session.known_dirs:
+            os.makedirs(directory, exist_ok=True)
+            session.known_dirs.add(directory)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            return
+        except FileNotFoundError:
+            session.known_dirs.discard(directory)
+    raise StorageError(f"could not write {key!r}: its directory keeps disappearing")
+
+
+@hookimpl
+def pywren_storage_get(session: LocalSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    try:
+        with open(_path(session, key), "rb") as f:
+            if byte_range is None:
+                return f.read()
+            start, end = byte_range
+            f.seek(start)
+            return f.read(max(0, end - start))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotFoundError(f"no object at key {key!r}") from None
+
+
+def _walk(directory: str, key_prefix: str) -> list[str]:
+    keys = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return keys
+    for entry in entries:
+        if entry.name.startswith(_TMP_PREFIX):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            keys.extend(_walk(entry.path, f"{key_prefix}{entry.name}/"))
+        else:
+            keys.append(key_prefix + entry.name)
+    return keys
+
+
+@hookimpl
+def pywren_storage_list(session: LocalSession, prefix: str) -> list[str]:
+    folder, _, start = prefix.rpartition("/")
+    directory = os.path.join(session.root, *folder.split("/")) if folder else session.root
+    base = f"{folder}/" if folder else ""
+    keys = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return keys
+    for entry in entries:
+        if not entry.name.startswith(start) or entry.name.startswith(_TMP_PREFIX):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            keys.extend(_walk(entry.path, f"{base}{entry.name}/"))
+        else:
+            keys.append(base + entry.name)
+    return keys
+
+
+@hookimpl
+def pywren_storage_delete(session: LocalSession, keys: Sequence[str]) -> None:
+    directories = set()
+    for key in keys:
+        path = _path(session, key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        directories.add(os.path.dirname(path))
+    # Remove folders left empty, deepest first, so deleted jobs leave nothing behind.
+    while directories:
+        directory = max(directories, key=len)
+        directories.discard(directory)
+        if directory == session.root or not directory.startswith(session.root):
+            continue
+        try:
+            os.rmdir(directory)
+        except OSError:
+            continue
+        session.known_dirs.discard(directory)
+        directories.add(os.path.dirname(directory))
+
+
+@hookimpl
+def pywren_invoke(session: LocalSession, payload: Mapping[str, Any]) -> None:
+    WorkerPool.shared(session.workers).submit(dict(payload))
+
+
+# --- the worker processes ------------------------------------------------------------------
+
+
+def worker_main(fd: int) -> None:
+    """A worker process: run each payload it is handed with the shared worker runtime."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the client's terminal is the client's
+    conn = Connection(fd)
+    while True:
+        try:
+            payload = conn.recv()
+        except (EOFError, OSError):
+            return
+        if payload is None:
+            return
+        try:
+            worker.handle(payload)
+            conn.send(None)
+        except BaseException:
+            conn.send(traceback.format_exc())
+
+
+@attrs.define(eq=False)
+class _Worker:
+    process: subprocess.Popen
+    conn: Connection
+    payload: dict[str, Any] | None = None
+    deadline: float | None = None
+
+
+class WorkerPool:
+    """Warm worker processes, fed by a supervisor thread that also watches them die or overrun.
+
+    Workers are fresh interpreters (not forks of the client) started in a scratch directory, so,
+    as on a cloud, they import installed packages only and never re-run the user's script; the
+    user's own modules reach them inside the pickles.
+    """
+
+    _shared: dict[int, WorkerPool] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, size: int) -> WorkerPool:
+        with cls._shared_lock:
+            pool = cls._shared.get(size)
+            if pool is None or pool.closed:
+                pool = cls._shared[size] = cls(size)
+            return pool
+
+    def __init__(self, size: int):
+        self.pending: deque[dict[str, Any]] = deque()
+        self.closed = False
+        self.scratch = tempfile.mkdtemp(prefix="pywren-local-")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.workers = [self._spawn() for _ in range(size)]
+        self._thread = threading.Thread(target=self._supervise, name="pywren-local-pool", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # The worker must import this very pywren_core, whether installed or run from a checkout.
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(pywren_core.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        code = f"from pywren_core.backends.local import worker_main; worker_main({theirs.fileno()})"
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=(theirs.fileno(),), cwd=self.scratch, env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        return _Worker(process, Connection(ours.detach()))
+
+    def submit(self, payload: dict[str, Any]) -> None:
+        self.pending.append(payload)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:  # the pipe is full: a wake-up is already waiting
+            pass
+
+    def _dispatch(self) -> None:
+        for w in self.workers:
+            if w.payload is None and self.pending:
+                payload = self.pending.popleft()
+                timeout = payload.get("timeout")
+                w.payload = payload
+                w.deadline = time.time() + timeout * len(payload["calls"]) if timeout else None
+                try:
+                    w.conn.send(payload)
+                except OSError:
+                    self._replace(w, "died", self._death_message(w))
+
+    def _supervise(self) -> None:
+        while not self.closed:
+            self._dispatch()
+            busy = [w for w in self.workers if w.payload is not None]
+            deadlines = [w.deadline for w in busy if w.deadline is not None]
+            timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
+            ready = set(wait([self._wake_r, *(w.conn for w in busy)], timeout))
+            if self._wake_r in ready:
+                os.read(self._wake_r, 1 << 16)
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        error = w.conn.recv()
+                    except (EOFError, OSError):
+                        self._replace(w, "died", self._death_message(w))
+                        continue
+                    if error is None:
+                        w.payload = w.deadline = None
+                    else:
+                        self._replace(w, "error", f"the worker runtime failed:\n{error}")
+                elif w.deadline is not None and time.time() >= w.deadline:
+                    self._replace(w, "timeout", f"call ran past its timeout of {w.payload['timeout']} s and was killed")
+
+    @staticmethod
+    def _death_message(w: _Worker) -> str:
+        try:
+            code = w.process.wait(1)
+        except subprocess.TimeoutExpired:
+            return f"worker process {w.process.pid} stopped answering while running the call"
+        if code < 0:
+            return f"worker process {w.process.pid} was killed by signal {-code} ({signal.Signals(-code).name}) while running the call"
+        return f"worker process {w.process.pid} exited with code {code} while running the call"
+
+    def _replace(self, w: _Worker, kind: str, message: str) -> None:
+        """Report the worker's unfinished calls as failed, and put a fresh process in its place."""
+        payload = w.payload
+        w.process.kill()
+        w.process.wait()
+        w.conn.close()
+        fresh = self._spawn()
+        w.process, w.conn, w.payload, w.deadline = fresh.process, fresh.conn, None, None
+        if payload is not None:
+            _report_unfinished(payload, kind, message)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._wake()
+        for w in self.workers:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in self.workers:
+            try:
+                w.process.wait(2)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _report_unfinished(payload: dict[str, Any], kind: str, message: str) -> None:
+    """Write a failure status for each call of ``payload`` that has none, so the client learns of it."""
+    error_type = {"timeout": CallTimeoutError, "died": WorkerDiedError}.get(kind, CallFailedError)
+    session = worker.session_for(payload)
+    keys = JobKeys.from_payload(payload)
+    for call in payload["calls"]:
+        status_key = keys.status(call["call_id"], call["attempt"])
+        if status_key not in session.list(status_key):
+            worker.write_status(session, keys, call, worker.failure_status(payload, call, kind, error_type(message)))

@@ -1,0 +1,93 @@
+"""The errors that cross the hook boundary and reach users.
+
+Every backend maps its SDK's errors onto these, so user code catches one type whatever the cloud.
+Each also subclasses the matching built-in (``except FileNotFoundError`` just works).
+"""
+
+from __future__ import annotations
+
+
+class PywrenError(Exception):
+    """Base class of every error pywren raises."""
+
+
+class ConfigError(PywrenError, ValueError):
+    """The configuration is wrong: the message names the key and where it came from."""
+
+
+class BackendNotFoundError(PywrenError, LookupError):
+    """The configured backend is not installed: the message lists the installed ones."""
+
+
+class PluginError(PywrenError):
+    """A plugin failed to load or does not implement the contract."""
+
+
+class StorageError(PywrenError, OSError):
+    """A storage operation failed for a reason that retrying will not fix."""
+
+
+class NotFoundError(StorageError, FileNotFoundError):
+    """The key does not exist in the bucket."""
+
+
+class AccessDeniedError(StorageError, PermissionError):
+    """The credentials may not perform this operation."""
+
+
+class ThrottledError(PywrenError):
+    """The platform asked us to slow down (HTTP 429, SlowDown, 503); the operation may be retried.
+
+    ``retry_after`` carries the platform's hint in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str = "throttled", retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SignatureError(PywrenError):
+    """A pickle's HMAC does not match its job secret: it was not written by this job."""
+
+
+class VersionMismatchError(PywrenError):
+    """Client and worker run different Python or pywren-core versions."""
+
+
+class CallFailedError(PywrenError):
+    """A call ended without a result of its own: the worker died, timed out or refused it."""
+
+
+class CallTimeoutError(CallFailedError, TimeoutError):
+    """A call ran past its timeout, or no worker ever reported on it."""
+
+
+class WorkerDiedError(CallFailedError):
+    """The process running the call exited (crash, SIGKILL, out of memory)."""
+
+
+class RemoteError(PywrenError):
+    """Stands in for a remote exception that could not be pickled back; keeps its type name."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+
+class RemoteTraceback(Exception):
+    """Set as ``__cause__`` of a re-raised remote exception, so its traceback prints with it."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\nRemote traceback:\n{self.tb}"""'
+
+
+class SerializationError(PywrenError, TypeError):
+    """A function, argument or result cannot be pickled to travel between client and worker."""
+
+
+class InvokeError(PywrenError):
+    """The platform refused to start a call (not throttling: a missing function, a bad request)."""

@@ -1,0 +1,103 @@
+"""The hook contract between pywren-core and its backends: the one place it is defined.
+
+A backend is a plugin registered under the entry-point group ``pywren``; the entry-point name is
+the backend key users write (``backend: gcp``). It implements every hook below marked *required*.
+The core calls each hook with keyword arguments only, so a spec may grow an argument later
+without breaking existing plugins.
+
+Routing: each backend gets a plugin manager of its own that holds that backend's plugin plus the
+wrapper plugins (entry-point group ``pywren.wrappers``). A call for backend X therefore never runs
+backend Y's code, and no hook has to ask whether a call is meant for it. A wrapper plugin
+implements any of these hooks with ``@hookimpl(wrapper=True)`` and applies to every backend.
+
+Errors: hooks raise :mod:`pywren_core.errors` types, never an SDK's own. A missing key is
+``NotFoundError``, denied access ``AccessDeniedError``, a platform asking to slow down
+``ThrottledError`` (the core retries it with backoff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pluggy
+
+from pywren_core.backend import BackendInfo
+
+PROJECT = "pywren"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec(firstresult=True)
+def pywren_backend_info() -> BackendInfo:
+    """Required. Describe the backend: its config schema, platform limits and features.
+
+    Called once when the backend loads; ``BackendInfo.api_version`` must equal
+    ``pywren_core.backend.API_VERSION`` or the core refuses the plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def pywren_connect(config: Mapping[str, Any], role: str) -> Any:
+    """Required. Open the clients the other hooks need and return them as one session object.
+
+    ``config`` is this backend's section, validated against the schema with defaults filled in.
+    ``role`` is ``"client"`` or ``"worker"``; on a worker, only the fields not marked secret are
+    present (credentials come from the platform's own environment). The returned object is passed
+    back as ``session`` to every other hook; the core never looks inside it.
+    """
+
+
+@hookspec(firstresult=True)
+def pywren_storage_put(session: Any, key: str, data: bytes) -> None:
+    """Required. Store ``data`` under ``key``, replacing any object there, atomically.
+
+    A reader sees either the old bytes or all of the new ones, never a part.
+    """
+
+
+@hookspec(firstresult=True)
+def pywren_storage_get(session: Any, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    """Required. Return the object at ``key``, or bytes ``[start, end)`` of it.
+
+    A range reaching past the end returns what exists (like slicing). A missing key raises
+    ``NotFoundError``.
+    """
+
+
+@hookspec(firstresult=True)
+def pywren_storage_list(session: Any, prefix: str) -> list[str]:
+    """Required. Return every key that starts with ``prefix`` (a plain string prefix, not a folder),
+    following all pages. Order is not part of the contract."""
+
+
+@hookspec(firstresult=True)
+def pywren_storage_delete(session: Any, keys: Sequence[str]) -> None:
+    """Required. Delete ``keys``; keys that do not exist are ignored (deleting is idempotent)."""
+
+
+@hookspec(firstresult=True)
+def pywren_invoke(session: Any, payload: Mapping[str, Any]) -> None:
+    """Required. Start one asynchronous run of ``pywren_core.worker.handle(payload)`` on the platform.
+
+    Return as soon as the platform has accepted the invocation, not when it finished. ``payload`` is
+    a JSON-serialisable mapping no larger than ``Limits.max_payload_bytes`` once encoded; it holds
+    ids, storage keys, timeouts and a per-job signing secret, never credentials. Raise
+    ``ThrottledError`` when the platform refuses for rate; the core waits and invokes again.
+    """
+
+
+@hookspec(firstresult=True)
+def pywren_deploy(session: Any, config: Mapping[str, Any]) -> str:
+    """Optional. Create or update the cloud function that runs the worker; return a one-line summary."""
+
+
+@hookspec(firstresult=True)
+def pywren_remove(session: Any, config: Mapping[str, Any]) -> str:
+    """Optional. Remove what ``pywren_deploy`` created; return a one-line summary."""
+
+
+@hookspec
+def pywren_close(session: Any) -> None:
+    """Optional. Release the session's clients, threads and processes; called once per session."""

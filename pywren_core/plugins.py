@@ -1,0 +1,184 @@
+"""Finding, loading and routing backend and wrapper plugins.
+
+Backends come from the entry-point group ``pywren`` (the name is the backend key) plus the
+built-in ``local``; wrapper plugins, applied to every backend, from ``pywren.wrappers``. Nothing
+is imported until a backend is asked for, and a plugin that fails to import is reported by name
+without hiding the others.
+
+``PYWREN_LOAD_PLUGINS=a,b`` loads only those entry points (empty: none); ``PYWREN_DISABLE_PLUGINS``
+names entry points to skip (``all`` or ``1``: every one). Built-in plugins always load.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from typing import Any
+
+import attrs
+import pluggy
+
+from pywren_core import hookspecs
+from pywren_core.backend import API_VERSION, BackendInfo, Session
+from pywren_core.errors import BackendNotFoundError, PluginError
+
+BACKEND_GROUP = "pywren"
+WRAPPER_GROUP = "pywren.wrappers"
+BUILTIN_BACKENDS = {"local": "pywren_core.backends.local"}
+BUILTIN_WRAPPERS: dict[str, str] = {}
+#: Backends this project publishes, so a missing one comes with the line that installs it.
+KNOWN_DISTRIBUTIONS = {"aws": "pywren-aws", "gcp": "pywren-gcp", "azure": "pywren-azure"}
+REQUIRED_HOOKS = (
+    "pywren_backend_info",
+    "pywren_connect",
+    "pywren_storage_put",
+    "pywren_storage_get",
+    "pywren_storage_list",
+    "pywren_storage_delete",
+    "pywren_invoke",
+)
+
+
+@attrs.frozen
+class PluginEntry:
+    """An installed plugin, before or after loading: where it comes from."""
+
+    name: str
+    kind: str  # "backend" or "wrapper"
+    target: str  # the module (or module:attr) it loads
+    distribution: str
+    version: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == "pywren-core" and self.target.startswith("pywren_core.")
+
+    def load(self) -> Any:
+        module_name, _, attr = self.target.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in filter(None, attr.split(".")):
+                obj = getattr(obj, part)
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {self.name!r} ({self.distribution} {self.version}, {self.target}) "
+                f"failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        return obj
+
+
+def _core_version() -> str:
+    try:
+        return metadata.version("pywren-core")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _allowed(name: str) -> bool:
+    only = os.environ.get("PYWREN_LOAD_PLUGINS")
+    if only is not None:
+        return name in {n.strip() for n in only.split(",") if n.strip()}
+    disabled = {n.strip() for n in os.environ.get("PYWREN_DISABLE_PLUGINS", "").split(",")}
+    return not (disabled & {"1", "all", "*", name})
+
+
+def _entries(group: str, builtins: Mapping[str, str], kind: str) -> dict[str, PluginEntry]:
+    core = _core_version()
+    found = {name: PluginEntry(name, kind, target, "pywren-core", core) for name, target in builtins.items()}
+    for ep in metadata.entry_points(group=group):
+        if ep.name in builtins or not _allowed(ep.name):
+            continue
+        dist = ep.dist.name if ep.dist else "unknown"
+        version = ep.dist.version if ep.dist else "unknown"
+        found.setdefault(ep.name, PluginEntry(ep.name, kind, ep.value, dist, version))
+    return found
+
+
+def backend_entries() -> dict[str, PluginEntry]:
+    """Every installed backend by key, without importing any of them."""
+    return _entries(BACKEND_GROUP, BUILTIN_BACKENDS, "backend")
+
+
+def wrapper_entries() -> dict[str, PluginEntry]:
+    return _entries(WRAPPER_GROUP, BUILTIN_WRAPPERS, "wrapper")
+
+
+@functools.lru_cache(maxsize=None)
+def _wrappers() -> tuple[tuple[str, Any], ...]:
+    # A broken wrapper must not silently drop behaviour it promised (encryption, say): fail loudly.
+    return tuple((entry.name, entry.load()) for entry in wrapper_entries().values())
+
+
+class Backend:
+    """A loaded backend plugin: its info, and sessions opened through a plugin manager of its own."""
+
+    def __init__(self, entry: PluginEntry, plugin: Any, wrappers: Iterable[tuple[str, Any]] = ()):
+        self.entry = entry
+        self.name = entry.name
+        self.plugin = plugin
+        self.wrappers = tuple(wrappers)
+        pm = self._manager()
+        missing = [h for h in REQUIRED_HOOKS if not _implemented(pm, h, plugin)]
+        if missing:
+            raise PluginError(f"backend {self.name!r} ({entry.distribution}) does not implement {', '.join(missing)}")
+        info = pm.hook.pywren_backend_info()
+        if not isinstance(info, BackendInfo):
+            raise PluginError(f"backend {self.name!r}: pywren_backend_info must return a BackendInfo, got {info!r}")
+        if info.api_version != API_VERSION:
+            raise PluginError(
+                f"backend {self.name!r} ({entry.distribution} {entry.version}) was built for hook API "
+                f"{info.api_version}, but pywren-core {_core_version()} speaks API {API_VERSION}: "
+                f"install matching versions (pip install -U pywren-core {entry.distribution})"
+            )
+        self.info = info
+
+    def _manager(self, extra: Iterable[Any] = ()) -> pluggy.PluginManager:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        pm.register(self.plugin, name=f"backend:{self.name}")
+        for name, wrapper in self.wrappers:
+            pm.register(wrapper, name=f"wrapper:{name}")
+        for wrapper in extra:
+            pm.register(wrapper)
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"backend {self.name!r}: {exc}") from exc
+        return pm
+
+    def open(self, config: Mapping[str, Any], role: str = "client", wrappers: Iterable[Any] = ()) -> Session:
+        """Connect with this backend's config section; ``wrappers`` apply to this session alone."""
+        return Session(self.name, self.info, self._manager(wrappers).hook, config, role)
+
+
+def _implemented(pm: pluggy.PluginManager, hook_name: str, plugin: Any) -> bool:
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    return any(i.plugin is plugin and not (i.wrapper or i.hookwrapper) for i in impls)
+
+
+@functools.lru_cache(maxsize=None)
+def load_backend(name: str) -> Backend:
+    """The backend registered under ``name``; a clear error if it is missing or broken."""
+    entries = backend_entries()
+    entry = entries.get(name)
+    if entry is None:
+        raise BackendNotFoundError(missing_backend_message(name, entries))
+    return Backend(entry, entry.load(), _wrappers())
+
+
+def missing_backend_message(name: str, entries: Mapping[str, PluginEntry]) -> str:
+    message = f"backend {name!r} is not installed; installed backends: {', '.join(sorted(entries))}."
+    if name in KNOWN_DISTRIBUTIONS:
+        message += f" To add it: pip install {KNOWN_DISTRIBUTIONS[name]}"
+    if not _allowed(name):
+        message += " (it may be installed but disabled by PYWREN_LOAD_PLUGINS / PYWREN_DISABLE_PLUGINS)"
+    return message
+
+
+def reset() -> None:
+    """Forget loaded plugins, so a changed environment or install takes effect (tests use this)."""
+    load_backend.cache_clear()
+    _wrappers.cache_clear()

@@ -1,0 +1,296 @@
+"""The conformance kit: pytest test classes that tell a backend plugin whether it behaves.
+
+Use it from a backend's own test suite with one import and one fixture::
+
+    import pytest
+    from pywren_core.testing import ExecutorConformance, StorageConformance
+
+    @pytest.fixture
+    def pywren_config(my_emulator):           # a config dict selecting your backend
+        return {"backend": "mycloud", "mycloud": {"endpoint": my_emulator.url, "bucket": "test"}}
+
+    class TestStorage(StorageConformance): pass
+    class TestExecutor(ExecutorConformance): pass
+
+Class attributes size the tests for slower backends (``large_object_bytes``, ``map_size``...).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pywren_core as pw
+from pywren_core import config as config_module
+from pywren_core.backend import Session
+from pywren_core.errors import CallTimeoutError, NotFoundError, SerializationError
+from pywren_core.plugins import load_backend
+from pywren_core.protocol import new_id
+
+
+def open_session(pywren_config: dict[str, Any]) -> Session:
+    """A client session on the backend that ``pywren_config`` selects."""
+    config = config_module.load(pywren_config)
+    backend = load_backend(config.backend)
+    return backend.open(config.backend_section(backend.info), role="client")
+
+
+class StorageConformance:
+    """Storage semantics every backend must have: the put / get / list / delete hooks."""
+
+    #: Big enough to take the multipart / resumable / staged-block path of most SDKs.
+    large_object_bytes = 20 * 2**20
+    #: More than one page of a typical list API (1,000 keys).
+    many_keys = 1050
+
+    @pytest.fixture
+    def storage(self, pywren_config: dict[str, Any]) -> Iterator[Session]:
+        session = open_session(pywren_config)
+        yield session
+        session.close()
+
+    @pytest.fixture
+    def prefix(self, storage: Session) -> Iterator[str]:
+        prefix = f"conformance/{new_id()}/"
+        yield prefix
+        storage.delete(storage.list(prefix))
+
+    def test_round_trip(self, storage: Session, prefix: str) -> None:
+        data = bytes(range(256)) * 3
+        storage.put(prefix + "a", data)
+        assert storage.get(prefix + "a") == data
+
+    def test_empty_object(self, storage: Session, prefix: str) -> None:
+        storage.put(prefix + "empty", b"")
+        assert storage.get(prefix + "empty") == b""
+        assert storage.list(prefix) == [prefix + "empty"]
+
+    def test_overwrite_replaces(self, storage: Session, prefix: str) -> None:
+        storage.put(prefix + "k", b"first version, longer")
+        storage.put(prefix + "k", b"second")
+        assert storage.get(prefix + "k") == b"second"
+
+    def test_byte_ranges(self, storage: Session, prefix: str) -> None:
+        data = bytes(range(100))
+        storage.put(prefix + "r", data)
+        assert storage.get(prefix + "r", (0, 10)) == data[0:10]
+        assert storage.get(prefix + "r", (37, 64)) == data[37:64]
+        assert storage.get(prefix + "r", (90, 150)) == data[90:]
+        assert storage.get(prefix + "r", (99, 100)) == data[99:]
+
+    def test_missing_key_is_not_found(self, storage: Session, prefix: str) -> None:
+        with pytest.raises(NotFoundError):
+            storage.get(prefix + "nothing-here")
+        with pytest.raises(FileNotFoundError):  # NotFoundError is also the built-in
+            storage.get(prefix + "nothing-here", (0, 10))
+
+    def test_list_is_a_string_prefix(self, storage: Session, prefix: str) -> None:
+        for key in ("x/1", "x/2", "x/sub/3", "xy", "z"):
+            storage.put(prefix + key, key.encode())
+        assert sorted(storage.list(prefix + "x/")) == [prefix + k for k in ("x/1", "x/2", "x/sub/3")]
+        assert sorted(storage.list(prefix + "x")) == [prefix + k for k in ("x/1", "x/2", "x/sub/3", "xy")]
+        assert storage.list(prefix + "nope") == []
+
+    def test_list_follows_every_page(self, storage: Session, prefix: str) -> None:
+        keys = [f"{prefix}many/{i:05d}" for i in range(self.many_keys)]
+        _parallel(lambda k: storage.put(k, b"x"), keys)
+        assert sorted(storage.list(prefix + "many/")) == keys
+
+    def test_delete_is_idempotent(self, storage: Session, prefix: str) -> None:
+        storage.put(prefix + "d", b"x")
+        storage.delete([prefix + "d", prefix + "never-existed"])
+        storage.delete([prefix + "d"])
+        with pytest.raises(NotFoundError):
+            storage.get(prefix + "d")
+        assert storage.list(prefix + "d") == []
+
+    def test_delete_many(self, storage: Session, prefix: str) -> None:
+        keys = [f"{prefix}del/{i:05d}" for i in range(self.many_keys)]
+        _parallel(lambda k: storage.put(k, b"x"), keys)
+        storage.delete(keys)
+        assert storage.list(prefix + "del/") == []
+
+    def test_large_object(self, storage: Session, prefix: str) -> None:
+        data = os.urandom(self.large_object_bytes)
+        storage.put(prefix + "big", data)
+        assert storage.get(prefix + "big") == data
+        middle = self.large_object_bytes // 2
+        assert storage.get(prefix + "big", (middle, middle + 1000)) == data[middle : middle + 1000]
+
+    def test_unusual_key_characters(self, storage: Session, prefix: str) -> None:
+        key = prefix + "spaces and+plus=équals/ü.pickle"
+        storage.put(key, b"ok")
+        assert storage.get(key) == b"ok"
+        assert storage.list(prefix + "spaces") == [key]
+
+
+def _parallel(fn: Any, items: list[Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(fn, items))
+
+
+# Functions the executor tests send to workers. They are defined here, in an installed module, so
+# a worker imports them by name like any installed package.
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int, z: int = 0) -> int:
+    return x + y + z
+
+
+def fail_with(message: str) -> None:
+    raise KeyError(message)
+
+
+def echo_and_print(x: Any) -> Any:
+    print(f"hello from call {x}")
+    print("to stderr", file=sys.stderr)
+    return x
+
+
+def big_result(n: int) -> bytes:
+    return b"r" * n
+
+
+def payload_size(data: bytes) -> int:
+    return len(data)
+
+
+def sleep_then_return(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def slow_first_attempt(seconds: float) -> int:
+    """Overruns the timeout on the first attempt only, so a retry has something to fix."""
+    from pywren_core.worker import current_call
+
+    attempt = current_call().attempt  # type: ignore[union-attr]
+    if attempt == 0:
+        time.sleep(seconds)
+    return attempt
+
+
+def files_in_workdir(name: str) -> list[str]:
+    """Writes a file into the call's own directory and lists what the directory holds."""
+    from pywren_core.worker import current_call
+
+    workdir = current_call().workdir  # type: ignore[union-attr]
+    with open(os.path.join(workdir, name), "w") as f:
+        f.write(name)
+    time.sleep(0.05)
+    return sorted(os.listdir(workdir))
+
+
+class ExecutorConformance:
+    """End-to-end behaviour: the same map, errors, timeouts and retries on every backend."""
+
+    map_size = 50
+    #: Per-call timeout for the timeout and retry tests; must be above the backend's cold start.
+    short_timeout = 3.0
+    #: Seconds a silent call may stay past its timeout before it counts as lost, in these tests.
+    lost_grace = 10.0
+
+    @pytest.fixture
+    def executor(self, pywren_config: dict[str, Any]) -> Iterator[pw.Executor]:
+        ex = pw.executor(pywren_config, progress=False)
+        yield ex
+        ex.shutdown(wait=False)
+
+    def short_executor(self, pywren_config: dict[str, Any], **overrides: Any) -> pw.Executor:
+        settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, **overrides}
+        return pw.executor(pywren_config, **settings)
+
+    def test_map_returns_results_in_order(self, executor: pw.Executor) -> None:
+        futures = executor.map(square, range(self.map_size))
+        assert executor.get_result(futures) == [x * x for x in range(self.map_size)]
+        assert all(f.status == "success" for f in futures)
+
+    def test_call_async_submit_and_extra_args(self, executor: pw.Executor) -> None:
+        assert executor.call_async(square, 7).result(timeout=60) == 49
+        assert executor.submit(add, 1, 2, z=3).result(timeout=60) == 6
+        assert executor.get_result(executor.map(add, [1, 2], extra_args=(10,))) == [11, 12]
+
+    def test_chunked_map(self, executor: pw.Executor) -> None:
+        futures = executor.map(square, range(20), chunksize=7)
+        assert executor.get_result(futures) == [x * x for x in range(20)]
+
+    def test_remote_exception_keeps_type_and_traceback(self, executor: pw.Executor) -> None:
+        future = executor.call_async(fail_with, "missing-thing")
+        with pytest.raises(KeyError, match="missing-thing") as info:
+            future.result(timeout=60)
+        cause = info.value.__cause__
+        assert cause is not None and "fail_with" in str(cause) and "raise KeyError" in str(cause)
+        assert future.status == "error"
+
+    def test_stats_and_output(self, executor: pw.Executor) -> None:
+        future = executor.call_async(echo_and_print, 5)
+        assert future.result(timeout=60) == 5
+        stats = future.stats
+        assert stats["submitted"] <= stats["invoked"] <= stats["start"] <= stats["end"] <= stats["done"]
+        assert stats["worker_id"] and isinstance(stats["cold"], bool)
+        assert "hello from call 5" in future.stdout and "to stderr" in future.stderr
+
+    def test_large_result_goes_through_storage(self, executor: pw.Executor) -> None:
+        assert executor.call_async(big_result, 2**20).result(timeout=60) == b"r" * 2**20
+
+    def test_argument_larger_than_payload_limit(self, executor: pw.Executor) -> None:
+        size = executor.info.limits.max_payload_bytes + 1024
+        if size > 64 * 2**20:
+            pytest.skip("payload limit too large to exceed in a test")
+        assert executor.call_async(payload_size, b"a" * size).result(timeout=120) == size
+
+    def test_each_call_has_its_own_directory(self, executor: pw.Executor) -> None:
+        names = [f"file-{i}" for i in range(8)]
+        listings = executor.get_result(executor.map(files_in_workdir, names))
+        assert listings == [[name] for name in names]
+
+    def test_unpicklable_argument_is_refused_before_invoking(self, executor: pw.Executor) -> None:
+        import threading
+
+        with pytest.raises(SerializationError, match="call 1"):
+            executor.map(square, [1, threading.Lock()])
+
+    def test_timeout_fails_the_call(self, pywren_config: dict[str, Any]) -> None:
+        ex = self.short_executor(pywren_config, retries=0)
+        try:
+            future = ex.call_async(sleep_then_return, self.short_timeout + 30)
+            with pytest.raises(CallTimeoutError):
+                future.result(timeout=self.short_timeout + self.lost_grace + 30)
+        finally:
+            ex.shutdown(wait=False)
+
+    def test_retry_recovers_a_timed_out_call(self, pywren_config: dict[str, Any]) -> None:
+        ex = self.short_executor(pywren_config, retries=1)
+        try:
+            future = ex.call_async(slow_first_attempt, self.short_timeout + 30)
+            assert future.result(timeout=self.short_timeout + self.lost_grace + 60) == 1
+            assert future.stats["attempts"] == 2
+        finally:
+            ex.shutdown(wait=False)
+
+    def test_user_module_travels_with_the_function(self, executor: pw.Executor, tmp_path: Any) -> None:
+        module_name = f"pywren_user_module_{new_id(4)}"
+        (tmp_path / f"{module_name}.py").write_text(textwrap.dedent('''
+            SECRET_SAUCE = 41
+
+            def compute(x):
+                return x + SECRET_SAUCE
+        '''))
+        sys.path.insert(0, str(tmp_path))
+        try:
+            module = __import__(module_name)
+            assert executor.get_result(executor.map(module.compute, [1, 2])) == [42, 43]
+        finally:
+            sys.path.remove(str(tmp_path))
+            sys.modules.pop(module_name, None)

@@ -1,0 +1,322 @@
+"""The worker runtime: what runs for every invocation, on every backend.
+
+Each platform's handler (a Lambda handler, a Cloud Function, an Azure function, the local worker
+processes) is a thin wrapper that calls :func:`handle` with the invoke payload. The runtime loads
+the signed function and arguments from storage, runs each call in a working directory of its own,
+and writes the result and then the status record (the completion marker) back to storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from pywren_core import __version__, plugins, serialize
+from pywren_core.backend import Session
+from pywren_core.errors import (
+    CallTimeoutError,
+    PywrenError,
+    SerializationError,
+    SignatureError,
+    VersionMismatchError,
+)
+from pywren_core.protocol import (
+    PROTOCOL_VERSION,
+    JobKeys,
+    args_context,
+    b64,
+    exception_context,
+    func_context,
+    python_version,
+    result_context,
+    sign,
+    unb64,
+    verify,
+)
+
+OUTPUT_TAIL_CHARS = 8192
+_FUNCTION_CACHE_SIZE = 16
+
+
+@attrs.frozen
+class CallContext:
+    """The call running in this thread; ``workdir`` is its own scratch directory."""
+
+    executor_id: str
+    job_id: str
+    call_id: str
+    attempt: int
+    workdir: str
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("pywren_call", default=None)
+_output: contextvars.ContextVar[dict[str, _Tail] | None] = contextvars.ContextVar("pywren_output", default=None)
+_state_lock = threading.Lock()
+_sessions: dict[tuple[str, str], Session] = {}
+_functions: OrderedDict[str, Any] = OrderedDict()
+_calls_seen = 0
+
+
+def current_call() -> CallContext | None:
+    """The call being run by this thread, for code that wants its working directory or ids."""
+    return _current.get()
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Tail:
+    """Keeps the last OUTPUT_TAIL_CHARS characters written to it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > 2 * OUTPUT_TAIL_CHARS:
+            joined = "".join(self.parts)[-OUTPUT_TAIL_CHARS:]
+            self.parts, self.size = [joined], len(joined)
+
+    def text(self) -> str:
+        return "".join(self.parts)[-OUTPUT_TAIL_CHARS:]
+
+
+class _Tee:
+    """Stands in for sys.stdout/stderr: passes writes through and copies them to the current call's tail.
+
+    A context variable, not a redirect, so concurrent calls in one process keep their output apart.
+    """
+
+    def __init__(self, stream: Any, name: str):
+        self._stream = stream
+        self._name = name
+
+    def write(self, text: str) -> int:
+        tails = _output.get()
+        if tails is not None:
+            tails[self._name].write(text)
+        return self._stream.write(text) if self._stream is not None else len(text)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._stream, attr)
+
+
+def _install_tees() -> None:
+    if not isinstance(sys.stdout, _Tee):
+        sys.stdout = _Tee(sys.stdout, "stdout")
+    if not isinstance(sys.stderr, _Tee):
+        sys.stderr = _Tee(sys.stderr, "stderr")
+
+
+def session_for(payload: dict[str, Any]) -> Session:
+    """The worker-side session for the payload's backend, opened once per process and config."""
+    cache_key = (payload["backend"], json.dumps(payload["config"], sort_keys=True))
+    with _state_lock:
+        session = _sessions.get(cache_key)
+        if session is None:
+            session = plugins.load_backend(payload["backend"]).open(payload["config"], role="worker")
+            _sessions[cache_key] = session
+    return session
+
+
+def handle(payload: dict[str, Any], *, deadline: float | None = None, isolate_cwd: bool = True) -> list[dict[str, Any]]:
+    """Run every call in ``payload`` and write their statuses; return the statuses.
+
+    ``deadline`` (a ``time.time()`` value) is when the platform will stop this invocation: a call
+    still running then is reported as timed out first. ``isolate_cwd`` changes the process's
+    working directory into each call's own; a handler that runs calls in threads passes False, and
+    calls find their directory with :func:`current_call`.
+    """
+    return run_payload(payload, session_for(payload), deadline=deadline, isolate_cwd=isolate_cwd)
+
+
+def run_payload(
+    payload: dict[str, Any], session: Session, *, deadline: float | None = None, isolate_cwd: bool = True
+) -> list[dict[str, Any]]:
+    _install_tees()
+    keys = JobKeys.from_payload(payload)
+    refusal = _refusal(payload)
+    statuses = []
+    for call in payload["calls"]:
+        if refusal is not None:
+            status = failure_status(payload, call, "refused", refusal)
+            write_status(session, keys, call, status)
+        else:
+            status = _run_call(payload, call, session, keys, deadline, isolate_cwd)
+        statuses.append(status)
+    return statuses
+
+
+def _refusal(payload: dict[str, Any]) -> PywrenError | None:
+    if payload.get("protocol") != PROTOCOL_VERSION:
+        return VersionMismatchError(
+            f"job protocol {payload.get('protocol')} from the client, {PROTOCOL_VERSION} on the worker"
+        )
+    client = (payload.get("python"), payload.get("core_version"))
+    here = (python_version(), __version__)
+    if client != here:
+        return VersionMismatchError(
+            f"the client runs Python {client[0]} with pywren-core {client[1]}, but this worker runs "
+            f"Python {here[0]} with pywren-core {here[1]}: use the same Python minor version and "
+            "pywren-core release on both sides (redeploy the function with `pywren deploy`)"
+        )
+    return None
+
+
+def failure_status(payload: dict[str, Any], call: dict[str, Any], kind: str, error: BaseException) -> dict[str, Any]:
+    """The status of a call that ended without running to completion (refused, timed out, died)."""
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "call_id": call["call_id"],
+        "attempt": call["attempt"],
+        "kind": kind,
+        "error": {"type": type(error).__name__, "message": str(error), "traceback": ""},
+        "stats": {"worker_id": worker_id(), "end": time.time()},
+    }
+
+
+def write_status(session: Session, keys: JobKeys, call: dict[str, Any], status: dict[str, Any]) -> None:
+    session.put(keys.status(call["call_id"], call["attempt"]), json.dumps(status).encode())
+
+
+def _load_function(session: Session, payload: dict[str, Any], keys: JobKeys, secret: bytes) -> Any:
+    func_key = payload["func_key"]
+    with _state_lock:
+        if func_key in _functions:
+            _functions.move_to_end(func_key)
+            return _functions[func_key]
+    func = serialize.loads(verify(secret, func_context(keys), session.get(func_key)))
+    with _state_lock:
+        _functions[func_key] = func
+        while len(_functions) > _FUNCTION_CACHE_SIZE:
+            _functions.popitem(last=False)
+    return func
+
+
+def _load_args(session: Session, call: dict[str, Any], keys: JobKeys, secret: bytes) -> tuple[tuple, dict]:
+    spec = call["args"]
+    blob = unb64(spec["inline"]) if "inline" in spec else session.get(spec["key"], tuple(spec["range"]))
+    args, kwargs = serialize.loads(verify(secret, args_context(keys, call["call_id"]), blob))
+    return args, kwargs
+
+
+@contextlib.contextmanager
+def _call_scope(keys: JobKeys, call: dict[str, Any], isolate_cwd: bool) -> Iterator[dict[str, _Tail]]:
+    workdir = tempfile.mkdtemp(prefix=f"pywren-{keys.job_id}-{call['call_id']}-")
+    tails = {"stdout": _Tail(), "stderr": _Tail()}
+    context = CallContext(keys.executor_id, keys.job_id, call["call_id"], call["attempt"], workdir)
+    tokens = (_current.set(context), _output.set(tails))
+    previous_cwd = os.getcwd() if isolate_cwd else None
+    try:
+        if isolate_cwd:
+            os.chdir(workdir)
+        yield tails
+    finally:
+        if previous_cwd is not None:
+            os.chdir(previous_cwd)
+        _output.reset(tokens[1])
+        _current.reset(tokens[0])
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _exception_record(exc: BaseException, keys: JobKeys, call_id: str, secret: bytes) -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    record: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+    try:
+        pickled = serialize.dumps(exc.with_traceback(None))
+        record["pickle"] = b64(sign(secret, exception_context(keys, call_id), pickled))
+    except Exception:  # an exception that cannot travel becomes a RemoteError on the client
+        pass
+    return record
+
+
+class _FirstWriter:
+    """Lets exactly one of the call and its timeout watchdog write the call's status."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._written = False
+
+    def claim(self) -> bool:
+        with self._lock:
+            first, self._written = not self._written, True
+            return first
+
+
+def _run_call(
+    payload: dict[str, Any],
+    call: dict[str, Any],
+    session: Session,
+    keys: JobKeys,
+    deadline: float | None,
+    isolate_cwd: bool,
+) -> dict[str, Any]:
+    global _calls_seen
+    with _state_lock:
+        cold = _calls_seen == 0
+        _calls_seen += 1
+    secret = bytes.fromhex(payload["secret"])
+    call_id, attempt = call["call_id"], call["attempt"]
+    stats: dict[str, Any] = {"worker_id": worker_id(), "cold": cold, "start": time.time()}
+    writer = _FirstWriter()
+    watchdog = None
+    if deadline is not None:
+        timeout = CallTimeoutError(f"call {call_id} was still running when the platform's time limit came")
+        watchdog = threading.Timer(
+            max(0.0, deadline - time.time()),
+            lambda: writer.claim() and write_status(session, keys, call, failure_status(payload, call, "timeout", timeout)),
+        )
+        watchdog.daemon = True
+        watchdog.start()
+    status: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "call_id": call_id, "attempt": attempt}
+    tails = None
+    try:
+        func = _load_function(session, payload, keys, secret)
+        args, kwargs = _load_args(session, call, keys, secret)
+        stats["setup_done"] = time.time()
+        with _call_scope(keys, call, isolate_cwd) as tails:
+            value = func(*args, **kwargs)
+        stats["func_done"] = time.time()
+        try:
+            pickled = serialize.dumps(value)
+        except Exception as exc:
+            raise SerializationError(f"the result of call {call_id} cannot be pickled: {exc}") from exc
+        result = sign(secret, result_context(keys, call_id), pickled)
+        if len(result) <= payload["result_inline_max"]:
+            status["result"] = b64(result)
+        else:
+            status["result_key"] = keys.result(call_id, attempt)
+            session.put(status["result_key"], result)
+        status["kind"] = "success"
+    except SignatureError as exc:
+        status.update(kind="refused", error={"type": type(exc).__name__, "message": str(exc), "traceback": ""})
+    except BaseException as exc:  # the user's exception, whatever it is, goes back to the client
+        status.update(kind="exception", error=_exception_record(exc, keys, call_id, secret))
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+    stats["end"] = time.time()
+    status["stats"] = stats
+    if tails is not None:
+        status["stdout"], status["stderr"] = tails["stdout"].text(), tails["stderr"].text()
+    if writer.claim():
+        write_status(session, keys, call, status)
+    return status
+

@@ -1,0 +1,12 @@
+"""The conformance kit, run against the embedded local backend."""
+
+from pywren_core.testing import ExecutorConformance, StorageConformance
+
+
+class TestLocalStorage(StorageConformance):
+    pass
+
+
+class TestLocalExecutor(ExecutorConformance):
+    short_timeout = 1.0
+    lost_grace = 5.0
