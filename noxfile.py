@@ -13,8 +13,18 @@ import nox
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
-PLUGINS = sorted(p.name.removeprefix("pywren_") for p in (ROOT / "plugins").glob("pywren_*") if (p / "pyproject.toml").exists())
-CLOUD_SDKS = ("boto3", "botocore", "google-cloud-storage", "google-auth", "azure-storage-blob", "azure-core", "requests")
+PLUGINS = sorted(
+    p.name.removeprefix("pywren_") for p in (ROOT / "plugins").glob("pywren_*") if (p / "pyproject.toml").exists()
+)
+CLOUD_SDKS = (
+    "boto3",
+    "botocore",
+    "google-cloud-storage",
+    "google-auth",
+    "azure-storage-blob",
+    "azure-core",
+    "requests",
+)
 
 
 @nox.session
@@ -43,8 +53,12 @@ def core_wheel(session: nox.Session) -> None:
     leaked = sorted(names & set(CLOUD_SDKS))
     if leaked:
         session.error(f"the core wheel pulled in cloud SDKs: {leaked}")
-    session.run("python", "-c", "import pywren_core as pw; ex = pw.executor(progress=False); "
-                "assert ex.get_result(ex.map(abs, range(-5, 5))) == [abs(x) for x in range(-5, 5)]; print('ok')")
+    session.run(
+        "python",
+        "-c",
+        "import pywren_core as pw; ex = pw.executor(progress=False); "
+        "assert ex.get_result(ex.map(abs, range(-5, 5))) == [abs(x) for x in range(-5, 5)]; print('ok')",
+    )
     session.run("pywren", "backends")
 
 

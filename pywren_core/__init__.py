@@ -1,14 +1,14 @@
 """pywren: run ``map(f, items)`` at massive scale on serverless functions, on any cloud.
 
-    import pywren_core as pw
-    ex = pw.executor()                        # the configured backend; ``local`` by default
-    futures = ex.map(lambda x: x * x, range(1000))
-    print(ex.get_result(futures))
+import pywren_core as pw
+ex = pw.executor()                        # the configured backend; ``local`` by default
+futures = ex.map(lambda x: x * x, range(1000))
+print(ex.get_result(futures))
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -16,19 +16,24 @@ from pywren_core.backend import BackendInfo, ConfigField, Limits  # noqa: E402
 from pywren_core.futures import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, ResponseFuture, get_result, wait  # noqa: E402
 from pywren_core.hookspecs import hookimpl  # noqa: E402
 
+if TYPE_CHECKING:
+    from pywren_core.executors import Executor
 
-def executor(config: Any = None, **overrides: Any) -> "Executor":
+
+def executor(config: Any = None, *, wrappers: Any = (), **overrides: Any) -> Executor:
     """An executor for the configured backend.
 
     ``config`` is a dict of settings (or a loaded :class:`~pywren_core.config.Config`); keyword
     ``overrides`` win over it, it wins over the environment, which wins over the config file.
+    ``wrappers`` are plugin objects with ``@hookimpl(wrapper=True)`` hooks that apply to this
+    executor's storage and invoke calls alone (installed wrapper plugins apply to every executor).
     """
     from pywren_core import config as config_module
     from pywren_core.executors import Executor
 
-    if isinstance(config, config_module.Config):
-        return Executor(config)
-    return Executor(config_module.load(config, **overrides))
+    if not isinstance(config, config_module.Config):
+        config = config_module.load(config, **overrides)
+    return Executor(config, wrappers)
 
 
 def __getattr__(name: str) -> Any:

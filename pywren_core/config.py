@@ -8,6 +8,7 @@ Every error names the key and where its value came from.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,8 +64,10 @@ class Config:
             if var.startswith(prefix):
                 field = info.field(var[len(prefix) :].lower())
                 if field is None:
-                    raise ConfigError(f"environment {var}: {name} has no setting {var[len(prefix):].lower()!r}"
-                                      f"; its settings: {', '.join(f.name for f in info.config) or 'none'}")
+                    raise ConfigError(
+                        f"environment {var}: {name} has no setting {var[len(prefix) :].lower()!r}"
+                        f"; its settings: {', '.join(f.name for f in info.config) or 'none'}"
+                    )
                 key = f"{name}.{field.name}"
                 if key not in sources or sources[key].startswith("file"):
                     raw[field.name] = _parse_env(text, field.type, var)
@@ -74,8 +77,11 @@ class Config:
             field = info.field(key)
             where = sources.get(f"{name}.{key}", "config")
             if field is None:
-                known = ", ".join(f.name for f in info.config) or "none"
-                raise ConfigError(f"{where}: {name!r} has no setting {key!r}; its settings: {known}")
+                known = [f.name for f in info.config]
+                raise ConfigError(
+                    f"{where}: {name!r} has no setting {key!r}{_did_you_mean(key, known)}; "
+                    f"its settings: {', '.join(known) or 'none'}"
+                )
             if not isinstance(value, field.type) or (isinstance(value, bool) and field.type in (int, float)):
                 raise ConfigError(
                     f"{where}: {name}.{key} must be {_type_name(field.type)}, got {type(value).__name__} {value!r}"
@@ -93,7 +99,9 @@ class Config:
 
     def masked(self, info: BackendInfo | None) -> dict[str, Any]:
         """The effective config as a plain dict, secret values masked, for showing to people."""
-        shown: dict[str, Any] = {f.name: getattr(self, f.name) for f in attrs.fields(Config) if f.name not in ("sections", "sources")}
+        shown: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in attrs.fields(Config) if f.name not in ("sections", "sources")
+        }
         for name, section in self.sections.items():
             shown[name] = dict(section)
         if info is not None:
@@ -105,8 +113,15 @@ class Config:
         return shown
 
 
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _looks_secret(key: str) -> bool:
-    return any(word in key.lower() for word in ("secret", "key", "token", "password", "connection_string", "credential"))
+    return any(
+        word in key.lower() for word in ("secret", "key", "token", "password", "connection_string", "credential")
+    )
 
 
 def _type_name(types: type | tuple[type, ...]) -> str:
@@ -181,7 +196,8 @@ def load(config: Mapping[str, Any] | None = None, **overrides: Any) -> Config:
                 sources.update({f"{key}.{k}": where for k in value})
             else:
                 raise ConfigError(
-                    f"{where}: unknown setting {key!r}; settings: {', '.join(sorted(settings))}; "
+                    f"{where}: unknown setting {key!r}{_did_you_mean(key, [*settings, *section_names])}; "
+                    f"settings: {', '.join(sorted(settings))}; "
                     f"backend sections: {', '.join(sorted(section_names))}"
                 )
 
@@ -198,7 +214,9 @@ def load(config: Mapping[str, Any] | None = None, **overrides: Any) -> Config:
     merge(overrides, "executor() argument")
     for key, value in values.items():
         if isinstance(value, bool) and settings[key].metadata["type"] in (int, (int, float)):
-            raise ConfigError(f"{sources[key]}: {key} must be {_type_name(settings[key].metadata['type'])}, got {value!r}")
+            raise ConfigError(
+                f"{sources[key]}: {key} must be {_type_name(settings[key].metadata['type'])}, got {value!r}"
+            )
     try:
         return Config(**values, sections=sections, sources=sources)
     except TypeError as exc:

@@ -21,7 +21,9 @@ from typing import Any
 
 import attrs
 
-from pywren_core import __version__, config as config_module, futures as futures_module, serialize
+from pywren_core import __version__, serialize
+from pywren_core import config as config_module
+from pywren_core import futures as futures_module
 from pywren_core.backend import Session, backoff_delay
 from pywren_core.errors import (
     CallFailedError,
@@ -40,21 +42,25 @@ from pywren_core.errors import (
 from pywren_core.futures import ALL_COMPLETED, ResponseFuture
 from pywren_core.plugins import load_backend
 from pywren_core.protocol import (
+    JOBS_PREFIX,
     PROTOCOL_VERSION,
     JobKeys,
     args_context,
     b64,
-    call_id as make_call_id,
     exception_context,
     func_context,
     group_of,
     new_id,
+    new_secret,
     parse_status_key,
     python_version,
     result_context,
     sign,
     unb64,
     verify,
+)
+from pywren_core.protocol import (
+    call_id as make_call_id,
 )
 
 RESULT_INLINE_MAX = 64 * 1024
@@ -93,7 +99,7 @@ class Executor(concurrent.futures.Executor):
     results, as ``concurrent.futures.Executor.map`` does); collect them with :meth:`get_result`.
     """
 
-    def __init__(self, config: config_module.Config):
+    def __init__(self, config: config_module.Config, wrappers: Iterable[Any] = ()):
         self.config = config
         self.backend = load_backend(config.backend)
         self.info = self.backend.info
@@ -108,12 +114,16 @@ class Executor(concurrent.futures.Executor):
             if getattr(config, name) < low:
                 raise ConfigError(f"{config.sources.get(name, 'config')}: {name} must be at least {low}")
         self.section = config.backend_section(self.info)
-        self.session: Session = self.backend.open(self.section, role="client")
+        self.session: Session = self.backend.open(self.section, role="client", wrappers=wrappers)
         self.executor_id = new_id()
         self._job_numbers = itertools.count()
         self._uncollected: list[ResponseFuture] = []
-        self._invoker = _Invoker(self.session, max(1, min(config.invoke_threads, limits.max_concurrency)),
-                                 limits.max_invoke_rate, self.timeout)
+        self._invoker = _Invoker(
+            self.session,
+            max(1, min(config.invoke_threads, limits.max_concurrency)),
+            limits.max_invoke_rate,
+            self.timeout,
+        )
         self._monitor = _Monitor(self)
         self._closed = False
 
@@ -171,7 +181,9 @@ class Executor(concurrent.futures.Executor):
         threading.Thread(target=reduce_when_mapped, name="pywren-reduce", daemon=True).start()
         return outer
 
-    def _submit_job(self, func: Callable[..., Any], calls: list[tuple[tuple, dict]], chunksize: int) -> list[ResponseFuture]:
+    def _submit_job(
+        self, func: Callable[..., Any], calls: list[tuple[tuple, dict]], chunksize: int
+    ) -> list[ResponseFuture]:
         if self._closed:
             raise RuntimeError("cannot submit calls after shutdown()")
         if not callable(func):
@@ -179,11 +191,13 @@ class Executor(concurrent.futures.Executor):
         if not calls:
             return []
         keys = JobKeys(self.executor_id, f"j{next(self._job_numbers):04d}")
-        secret = new_id(32).encode()
+        secret = new_secret()
         try:
             pickled_func = serialize.dumps(func)
         except Exception as exc:
-            raise SerializationError(f"the function {func!r} cannot be pickled to send it to the workers: {exc}") from exc
+            raise SerializationError(
+                f"the function {func!r} cannot be pickled to send it to the workers: {exc}"
+            ) from exc
         blobs = []
         for index, (args, kwargs) in enumerate(calls):
             try:
@@ -194,7 +208,7 @@ class Executor(concurrent.futures.Executor):
             blobs.append(data)
         width = max(5, len(str(len(calls) - 1)))
         ids = [make_call_id(i, width) for i in range(len(calls))]
-        signed = [sign(secret, args_context(keys, cid), blob) for cid, blob in zip(ids, blobs)]
+        signed = [sign(secret, args_context(keys, cid), blob) for cid, blob in zip(ids, blobs, strict=True)]
         base_payload = {
             "protocol": PROTOCOL_VERSION,
             "backend": self.info.name,
@@ -212,7 +226,7 @@ class Executor(concurrent.futures.Executor):
         self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
         job = _Job(keys, secret, base_payload, {}, self.timeout)
         futures = []
-        for cid, spec in zip(ids, arg_specs):
+        for cid, spec in zip(ids, arg_specs, strict=True):
             future = ResponseFuture(keys.executor_id, keys.job_id, cid)
             job.calls[cid] = _Call(future, spec)
             job.pending.setdefault(group_of(cid), set()).add(cid)
@@ -225,7 +239,9 @@ class Executor(concurrent.futures.Executor):
         self._uncollected.extend(futures)
         return futures
 
-    def _arg_specs(self, keys: JobKeys, base_payload: dict[str, Any], signed: list[bytes], chunksize: int) -> list[dict]:
+    def _arg_specs(
+        self, keys: JobKeys, base_payload: dict[str, Any], signed: list[bytes], chunksize: int
+    ) -> list[dict]:
         """Inline every call's arguments when each payload fits the backend's limit; else store them."""
         room = self.info.limits.max_payload_bytes - len(json.dumps(base_payload)) - 64
         inline = [b64(blob) for blob in signed] if sum(map(len, signed)) < room * 2 else None
@@ -242,8 +258,12 @@ class Executor(concurrent.futures.Executor):
 
     # --- collecting -------------------------------------------------------------------------
 
-    def wait(self, fs: Sequence[concurrent.futures.Future] | None = None, return_when: str = ALL_COMPLETED,
-             timeout: float | None = None) -> tuple[list, list]:
+    def wait(
+        self,
+        fs: Sequence[concurrent.futures.Future] | None = None,
+        return_when: str = ALL_COMPLETED,
+        timeout: float | None = None,
+    ) -> tuple[list, list]:
         """:func:`pywren_core.wait` over ``fs`` (default: every future not yet collected)."""
         fs = list(self._uncollected) if fs is None else fs
         return futures_module.wait(fs, return_when, timeout, self._progress())
@@ -283,7 +303,7 @@ class Executor(concurrent.futures.Executor):
 
     def clean(self, job_id: str | None = None) -> int:
         """Delete this executor's objects in storage (or one job's); returns how many were deleted."""
-        prefix = JobKeys(self.executor_id, job_id).prefix if job_id else JobKeys(self.executor_id, "").prefix
+        prefix = JobKeys(self.executor_id, job_id).prefix if job_id else f"{JOBS_PREFIX}/{self.executor_id}/"
         keys = self.session.list(prefix)
         self.session.delete(keys)
         return len(keys)
@@ -310,7 +330,9 @@ class Executor(concurrent.futures.Executor):
                 if error.get("type") == "SignatureError":
                     failure: BaseException = SignatureError(error.get("message", ""))
                 else:
-                    failure = _FAILURES.get(kind, CallFailedError)(error.get("message") or f"call ended with status {kind!r}")
+                    failure = _FAILURES.get(kind, CallFailedError)(
+                        error.get("message") or f"call ended with status {kind!r}"
+                    )
                 if kind in RETRYABLE and self.config.retries:
                     failure.add_note(f"gave up after {future.attempt + 1} attempts (retries={self.config.retries})")
                 future.set_exception(failure)
@@ -389,22 +411,29 @@ class _Invoker:
         started = time.monotonic()
         for attempt in itertools.count():
             self._pace()
+            issued = time.time()
             try:
                 self.session.invoke(payload)
             except ThrottledError as exc:
                 if time.monotonic() - started > self.give_up_after:
-                    self._fail(calls, InvokeError(f"the platform kept throttling invocations for {self.give_up_after} s: {exc}"))
+                    self._fail(
+                        calls,
+                        InvokeError(f"the platform kept throttling invocations for {self.give_up_after} s: {exc}"),
+                    )
                     return
                 time.sleep(backoff_delay(min(attempt, 7), exc.retry_after))
                 continue
             except Exception as exc:
-                error = exc if isinstance(exc, PywrenError) else InvokeError(f"invoking failed: {type(exc).__name__}: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, PywrenError)
+                    else InvokeError(f"invoking failed: {type(exc).__name__}: {exc}")
+                )
                 self._fail(calls, error)
                 return
-            now = time.time()
             for c in calls:
-                c.invoked_at = now
-                c.future.stats.setdefault("invoked", now)
+                c.invoked_at = issued
+                c.future.stats.setdefault("invoked", issued)
                 c.future.stats["invoke_retries"] = c.future.stats.get("invoke_retries", 0) + attempt
             return
 
@@ -494,7 +523,7 @@ class _Monitor:
             return False
         fetch = lambda item: json.loads(self.session.get(item[2]))  # noqa: E731
         statuses = self._io.map(fetch, found) if self._io is not None and len(found) > 1 else map(fetch, found)
-        for (job, call, _), status in zip(found, statuses):
+        for (job, call, _), status in zip(found, statuses, strict=True):
             self.executor._complete(job, call, status)
         return True
 
@@ -509,9 +538,14 @@ class _Monitor:
                     call = job.calls[call_id]
                     if call.future.cancelled():
                         self.finished(job, call)
-                    elif call.invoked_at is not None and now - max(call.invoked_at, job.last_progress) > job.timeout + grace:
-                        message = (f"no worker reported on call {job.keys.job_id}/{call_id} within its timeout of "
-                                   f"{job.timeout} s plus {grace} s: the invocation was lost or the worker hung")
+                    elif (
+                        call.invoked_at is not None
+                        and now - max(call.invoked_at, job.last_progress) > job.timeout + grace
+                    ):
+                        message = (
+                            f"no worker reported on call {job.keys.job_id}/{call_id} within its timeout of "
+                            f"{job.timeout} s plus {grace} s: the invocation was lost or the worker hung"
+                        )
                         status = {"kind": "timeout", "error": {"type": "CallTimeoutError", "message": message}}
                         self.executor._complete(job, call, status)
 

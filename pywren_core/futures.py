@@ -109,10 +109,14 @@ def _wait_all(futures: Sequence[concurrent.futures.Future], timeout: float | Non
                     shown = len(futures) - remaining[0]
     finally:
         if bar is not None:
+            bar.update(len(futures) - remaining[0] - shown)
+            bar.refresh()
             bar.close()
 
 
-def get_result(fs: Sequence[concurrent.futures.Future], timeout: float | None = None, progress: bool | None = None) -> list[Any]:
+def get_result(
+    fs: Sequence[concurrent.futures.Future], timeout: float | None = None, progress: bool | None = None
+) -> list[Any]:
     """Results of ``fs`` in order; raises the first failed call's exception, or TimeoutError."""
     done, not_done = wait(fs, ALL_COMPLETED, timeout, progress)
     if not_done:

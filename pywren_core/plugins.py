@@ -106,7 +106,7 @@ def wrapper_entries() -> dict[str, PluginEntry]:
     return _entries(WRAPPER_GROUP, BUILTIN_WRAPPERS, "wrapper")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wrappers() -> tuple[tuple[str, Any], ...]:
     # A broken wrapper must not silently drop behaviour it promised (encryption, say): fail loudly.
     return tuple((entry.name, entry.load()) for entry in wrapper_entries().values())
@@ -159,7 +159,7 @@ def _implemented(pm: pluggy.PluginManager, hook_name: str, plugin: Any) -> bool:
     return any(i.plugin is plugin and not (i.wrapper or i.hookwrapper) for i in impls)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_backend(name: str) -> Backend:
     """The backend registered under ``name``; a clear error if it is missing or broken."""
     entries = backend_entries()

@@ -40,6 +40,11 @@ def new_id(nbytes: int = 8) -> str:
     return secrets.token_hex(nbytes)
 
 
+def new_secret() -> bytes:
+    """A job's signing key: it travels only inside invoke payloads, never into storage."""
+    return secrets.token_bytes(32)
+
+
 def call_id(index: int, width: int = 5) -> str:
     return f"{index:0{width}d}"
 

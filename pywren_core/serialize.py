@@ -2,21 +2,19 @@
 
 Installed packages travel by reference (the worker imports its own copy); the user's own modules,
 which a worker cannot import, travel by value inside the pickle. A module counts as the user's when
-it is neither in the standard library nor part of an installed distribution.
+it is neither in the standard library nor installed (see :func:`is_user_module`).
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import json
 import os
+import site
 import sys
 import sysconfig
 import threading
 import types
-import urllib.parse
-from importlib import metadata
 from typing import Any
 
 import cloudpickle
@@ -25,36 +23,52 @@ _by_value_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
-def _installed_roots() -> tuple[frozenset[str], tuple[str, ...]]:
-    """Top-level names of installed distributions, and the directories installed code lives in."""
-    names = frozenset(metadata.packages_distributions())
+def _install_locations() -> tuple[tuple[str, ...], frozenset[str]]:
+    """Where installed code lives: trees (stdlib, site-packages) and the directories that .pth
+    files add to sys.path (editable installs), in which only top-level modules count."""
     paths = sysconfig.get_paths()
-    dirs = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    for dist in metadata.distributions():  # editable installs live in their project's directory
+    trees = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    trees.update(os.path.realpath(d) for d in site_dirs)
+    pth_dirs = set()
+    for site_dir in site_dirs:
         try:
-            info = json.loads(dist.read_text("direct_url.json") or "{}")
-        except ValueError:
+            names = os.listdir(site_dir)
+        except OSError:
             continue
-        if info.get("dir_info", {}).get("editable") and info.get("url", "").startswith("file://"):
-            dirs.add(os.path.realpath(urllib.parse.unquote(info["url"][len("file://") :])))
-    return names, tuple(sorted(dirs))
+        for name in (n for n in names if n.endswith(".pth")):
+            try:
+                lines = open(os.path.join(site_dir, name), encoding="utf-8").read().splitlines()
+            except OSError:
+                continue
+            pth_dirs.update(
+                os.path.realpath(line.strip())
+                for line in lines
+                if line.strip() and not line.startswith(("#", "import"))
+            )
+    return tuple(sorted(trees)), frozenset(pth_dirs)
 
 
 @functools.lru_cache(maxsize=4096)
 def is_user_module(name: str) -> bool:
-    """True for a module the worker cannot be expected to import: the user's own code."""
-    top = name.partition(".")[0]
-    if name == "__main__" or top in sys.stdlib_module_names or top in sys.builtin_module_names:
+    """True for a module the worker cannot be expected to import: the user's own code.
+
+    Installed code is the standard library, site-packages, and top-level modules in directories
+    that .pth files put on sys.path (editable installs); anything else is the user's.
+    """
+    top_name = name.partition(".")[0]
+    if name == "__main__" or top_name in sys.stdlib_module_names or top_name in sys.builtin_module_names:
         return False
-    module = sys.modules.get(name)
-    filename = getattr(module, "__file__", None)
-    if module is None or not filename:
+    top = sys.modules.get(top_name)
+    filename = getattr(top, "__file__", None)
+    if top is None or not filename:
         return False
-    real = os.path.realpath(filename)
-    names, install_dirs = _installed_roots()
-    if any(real.startswith(d + os.sep) for d in install_dirs):
+    location = os.path.realpath(filename)
+    parent = os.path.dirname(os.path.dirname(location) if location.endswith("__init__.py") else location)
+    trees, pth_dirs = _install_locations()
+    if parent in pth_dirs or any(location.startswith(tree + os.sep) for tree in trees):
         return False
-    return top not in names
+    return True
 
 
 class _ModuleRecorder(cloudpickle.Pickler):

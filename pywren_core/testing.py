@@ -140,6 +140,7 @@ def _parallel(fn: Any, items: list[Any]) -> None:
 # Functions the executor tests send to workers. They are defined here, in an installed module, so
 # a worker imports them by name like any installed package.
 
+
 def square(x: int) -> int:
     return x * x
 
@@ -281,12 +282,14 @@ class ExecutorConformance:
 
     def test_user_module_travels_with_the_function(self, executor: pw.Executor, tmp_path: Any) -> None:
         module_name = f"pywren_user_module_{new_id(4)}"
-        (tmp_path / f"{module_name}.py").write_text(textwrap.dedent('''
+        (tmp_path / f"{module_name}.py").write_text(
+            textwrap.dedent("""
             SECRET_SAUCE = 41
 
             def compute(x):
                 return x + SECRET_SAUCE
-        '''))
+        """)
+        )
         sys.path.insert(0, str(tmp_path))
         try:
             module = __import__(module_name)

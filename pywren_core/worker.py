@@ -281,7 +281,9 @@ def _run_call(
         timeout = CallTimeoutError(f"call {call_id} was still running when the platform's time limit came")
         watchdog = threading.Timer(
             max(0.0, deadline - time.time()),
-            lambda: writer.claim() and write_status(session, keys, call, failure_status(payload, call, "timeout", timeout)),
+            lambda: (
+                writer.claim() and write_status(session, keys, call, failure_status(payload, call, "timeout", timeout))
+            ),
         )
         watchdog.daemon = True
         watchdog.start()
@@ -319,4 +321,3 @@ def _run_call(
     if writer.claim():
         write_status(session, keys, call, status)
     return status
-

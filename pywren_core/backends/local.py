@@ -133,6 +133,8 @@ def _walk(directory: str, key_prefix: str) -> list[str]:
 @hookimpl
 def pywren_storage_list(session: LocalSession, prefix: str) -> list[str]:
     folder, _, start = prefix.rpartition("/")
+    if folder and "" in folder.split("/"):
+        return []  # no valid key has an empty path segment
     directory = os.path.join(session.root, *folder.split("/")) if folder else session.root
     base = f"{folder}/" if folder else ""
     keys = []
@@ -246,7 +248,10 @@ class WorkerPool:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         code = f"from pywren_core.backends.local import worker_main; worker_main({theirs.fileno()})"
         process = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(theirs.fileno(),), cwd=self.scratch, env=env,
+            [sys.executable, "-c", code],
+            pass_fds=(theirs.fileno(),),
+            cwd=self.scratch,
+            env=env,
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
@@ -303,9 +308,8 @@ class WorkerPool:
             code = w.process.wait(1)
         except subprocess.TimeoutExpired:
             return f"worker process {w.process.pid} stopped answering while running the call"
-        if code < 0:
-            return f"worker process {w.process.pid} was killed by signal {-code} ({signal.Signals(-code).name}) while running the call"
-        return f"worker process {w.process.pid} exited with code {code} while running the call"
+        how = f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
+        return f"worker process {w.process.pid} {how} while running the call"
 
     def _replace(self, w: _Worker, kind: str, message: str) -> None:
         """Report the worker's unfinished calls as failed, and put a fresh process in its place."""

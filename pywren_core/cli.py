@@ -1,0 +1,167 @@
+"""The ``pywren`` command line: inspect backends and config, smoke-test, deploy, clean up."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pywren_core import __version__
+from pywren_core import config as config_module
+from pywren_core.errors import PywrenError
+from pywren_core.plugins import Backend, backend_entries, load_backend
+from pywren_core.protocol import JOBS_PREFIX
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    """List installed backends; a plugin that fails to load is explained, the others still shown."""
+    rows, features = [], []
+    for name, entry in sorted(backend_entries().items()):
+        source = "built-in" if entry.builtin else f"entry point {entry.target}"
+        try:
+            backend: Backend | None = load_backend(name)
+            state = "ok"
+        except PywrenError as exc:
+            backend, state = None, f"BROKEN: {exc}"
+        rows.append([name, entry.distribution, entry.version, source, state])
+        if backend is not None:
+            limits, info = backend.info.limits, backend.info
+            features.append(
+                [
+                    name,
+                    f"{limits.max_payload_bytes:,}",
+                    f"{limits.max_runtime:g}",
+                    f"{limits.max_concurrency:,}",
+                    f"{limits.max_invoke_rate:g}" if limits.max_invoke_rate else "-",
+                    ", ".join(f"{k}: {v}" for k, v in info.features.items()),
+                ]
+            )
+    print(_table(rows, ["backend", "distribution", "version", "source", "status"]))
+    if args.features:
+        print()
+        print(_table(features, ["backend", "max payload B", "max runtime s", "concurrency", "invokes/s", "features"]))
+    return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[config_module.Config, Backend]:
+    overrides = {"backend": args.backend} if getattr(args, "backend", None) else {}
+    cfg = config_module.load(None, **overrides)
+    return cfg, load_backend(cfg.backend)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Show the effective config, secrets masked, after checking it."""
+    import yaml
+
+    cfg, backend = _load(args)
+    shown = cfg.masked(backend.info)  # validates the backend's section too
+    path = config_module.config_file()
+    print(f"# config file: {path if path else 'none (defaults and environment)'}")
+    print(yaml.safe_dump(shown, sort_keys=False).rstrip())
+    print(f"# valid for backend {cfg.backend!r}", file=sys.stderr)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run a small map on the configured backend and show what came back."""
+    import pywren_core as pw
+
+    start = time.monotonic()
+    with pw.executor(**({"backend": args.backend} if args.backend else {})) as ex:
+        futures = ex.map(_hello, range(args.calls))
+        results = ex.get_result(futures, timeout=args.timeout)
+    workers = {f.stats.get("worker_id") for f in futures}
+    print(
+        f"{len(results)} calls on backend {ex.info.name!r} in {time.monotonic() - start:.2f} s "
+        f"on {len(workers)} workers; first results: {results[:3]}"
+    )
+    return 0
+
+
+def _hello(x: int) -> str:
+    return f"hello {x}"
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Delete job objects: one job, one executor's, or all of them."""
+    cfg, backend = _load(args)
+    session = backend.open(cfg.backend_section(backend.info))
+    if args.all:
+        prefix = f"{JOBS_PREFIX}/"
+    elif args.target:
+        prefix = f"{JOBS_PREFIX}/{args.target.strip('/')}/"
+    else:
+        print("say what to clean: an EXECUTOR_ID, EXECUTOR_ID/JOB_ID, or --all", file=sys.stderr)
+        return 2
+    keys = session.list(prefix)
+    session.delete(keys)
+    print(f"deleted {len(keys)} objects under {prefix}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    return _lifecycle(args, "deploy")
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    return _lifecycle(args, "remove")
+
+
+def _lifecycle(args: argparse.Namespace, action: str) -> int:
+    cfg, backend = _load(args)
+    session = backend.open(cfg.backend_section(backend.info))
+    summary = session.deploy() if action == "deploy" else session.remove()
+    if summary is None:
+        print(f"backend {backend.name!r} has nothing to {action}")
+    else:
+        print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pywren", description="Run map(f, items) on serverless functions.")
+    parser.add_argument("--version", action="version", version=f"pywren-core {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Any, help: str, backend: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        if backend:
+            sub.add_argument("--backend", help="use this backend instead of the configured one")
+        return sub
+
+    command("backends", cmd_backends, "list installed backends", backend=False).add_argument(
+        "--features", action="store_true", help="also show each backend's limits and features"
+    )
+    command("config", cmd_config, "check and show the effective config (secrets masked)")
+    test = command("test", cmd_test, "run a hello-world map on the configured backend")
+    test.add_argument("--calls", type=int, default=10)
+    test.add_argument("--timeout", type=float, default=300)
+    clean = command("clean", cmd_clean, "delete the storage objects of a job or an executor")
+    clean.add_argument("target", nargs="?", help="EXECUTOR_ID or EXECUTOR_ID/JOB_ID")
+    clean.add_argument("--all", action="store_true", help="every job's objects")
+    command("deploy", cmd_deploy, "create or update the backend's cloud function")
+    command("remove", cmd_remove, "remove the backend's cloud function")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PywrenError as exc:
+        print(f"pywren: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The executor and futures on the local backend: APIs, failures, and nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import time
+
+import pytest
+
+import pywren_core as pw
+from pywren_core import executors
+from pywren_core.errors import CallTimeoutError, SerializationError, VersionMismatchError, WorkerDiedError
+
+
+def kill_self_on_first_attempt(x):
+    from pywren_core.worker import current_call
+
+    if current_call().attempt == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+
+def kill_self(x):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleepy(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.fixture
+def ex(pywren_config):
+    executor = pw.executor(pywren_config, progress=False)
+    yield executor
+    executor.shutdown(wait=False)
+
+
+def test_futures_are_real_concurrent_futures(ex):
+    futures = ex.map(lambda x: x + 1, range(5))
+    assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=60)) == [1, 2, 3, 4, 5]
+    done, not_done = concurrent.futures.wait(futures, timeout=60)
+    assert len(done) == 5 and not not_done
+
+
+def test_asyncio_wrap_future(ex):
+    async def main():
+        return await asyncio.wrap_future(ex.call_async(lambda x: x * 3, 14))
+
+    assert asyncio.run(main()) == 42
+
+
+def test_wait_modes(ex):
+    fast = ex.call_async(sleepy, 0)
+    slow = ex.call_async(sleepy, 2)
+    done, not_done = pw.wait([fast, slow], return_when=pw.ANY_COMPLETED, timeout=30)
+    assert fast in done and slow in not_done
+    done, not_done = pw.wait([fast, slow], return_when=pw.ALWAYS)
+    assert fast in done and slow in not_done
+    done, not_done = pw.wait([fast, slow], return_when=pw.ALL_COMPLETED, timeout=30)
+    assert done == [fast, slow] and not_done == []
+    with pytest.raises(ValueError, match="return_when"):
+        pw.wait([fast], return_when="SOMETIMES")
+
+
+def test_get_result_timeout_says_how_many_are_pending(ex):
+    futures = [ex.call_async(sleepy, 3), ex.call_async(sleepy, 0)]
+    with pytest.raises(TimeoutError, match="1 of 2 calls were not done"):
+        ex.get_result(futures, timeout=1)
+
+
+def test_get_result_without_futures_collects_everything_once(ex):
+    ex.map(abs, [-1, -2])
+    ex.call_async(abs, -3)
+    assert ex.get_result() == [1, 2, 3]
+    assert ex.get_result() == []
+
+
+def test_get_result_of_one_future(ex):
+    assert ex.get_result(ex.call_async(abs, -4)) == 4
+
+
+def test_map_reduce(ex):
+    reduce_future = ex.map_reduce(lambda x: x * x, range(10), sum)
+    assert reduce_future.result(timeout=60) == sum(x * x for x in range(10))
+    assert len(reduce_future.map_futures) == 10
+    assert reduce_future.job_id != "reduce"
+
+
+def test_map_reduce_reports_a_failed_map(ex):
+    reduce_future = ex.map_reduce(lambda x: 1 / x, [1, 0], sum)
+    with pytest.raises(ZeroDivisionError):
+        reduce_future.result(timeout=60)
+
+
+def test_context_manager_waits_and_cleans_up(pywren_config, storage_dir):
+    with pw.executor(pywren_config, progress=False) as ex:
+        futures = ex.map(sleepy, [0.2, 0.2, 0.2])
+    assert all(f.done() for f in futures)
+    deadline = time.time() + 10
+    while time.time() < deadline and ex.session.list("pywren.jobs/"):
+        time.sleep(0.05)
+    assert ex.session.list("pywren.jobs/") == []
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.map(abs, [1])
+
+
+def test_cleanup_off_keeps_objects(pywren_config):
+    with pw.executor(pywren_config, progress=False, cleanup=False) as ex:
+        ex.get_result(ex.map(abs, [1, 2]))
+        keys = ex.session.list(f"pywren.jobs/{ex.executor_id}/")
+        assert any(k.endswith("func.pickle") for k in keys) and sum("/status/" in k for k in keys) == 2
+        assert ex.clean() == len(keys)
+        assert ex.session.list(f"pywren.jobs/{ex.executor_id}/") == []
+
+
+def test_cancel_before_invocation(pywren_config):
+    ex = pw.executor(pywren_config, progress=False, local={"workers": 1})
+    blocker = ex.call_async(sleepy, 1)
+    queued = ex.map(sleepy, [0] * 50)
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert blocker.result() == 1
+    assert any(f.cancelled() for f in queued) or all(f.done() for f in queued)
+    assert all(f.done() for f in queued)
+
+
+def test_sigkilled_worker_is_retried(ex):
+    future = ex.call_async(kill_self_on_first_attempt, 4)
+    assert future.result(timeout=60) == 40
+    assert future.stats["attempts"] == 2
+
+
+def test_sigkilled_worker_is_reported_when_out_of_retries(pywren_config):
+    ex = pw.executor(pywren_config, progress=False, retries=0)
+    future = ex.call_async(kill_self, 1)
+    with pytest.raises(WorkerDiedError, match=r"killed by signal 9 \(SIGKILL\)"):
+        future.result(timeout=60)
+    assert ex.get_result(ex.map(abs, [-1])) == [1]  # the pool replaced the dead worker
+    ex.shutdown()
+
+
+def test_timeout_kills_the_call_and_frees_the_worker(pywren_config):
+    ex = pw.executor(pywren_config, progress=False, retries=0, timeout=0.5, local={"workers": 1})
+    started = time.monotonic()
+    with pytest.raises(CallTimeoutError, match="past its timeout of 0.5 s"):
+        ex.call_async(sleepy, 60).result(timeout=30)
+    assert time.monotonic() - started < 10
+    assert ex.call_async(sleepy, 0).result(timeout=30) == 0
+    ex.shutdown()
+
+
+def test_other_results_survive_a_failing_call(ex):
+    futures = ex.map(lambda x: 1 / x, [1, 0, 2])
+    pw.wait(futures, timeout=60)
+    assert futures[0].result() == 1 and futures[2].result() == 0.5
+    with pytest.raises(ZeroDivisionError):
+        ex.get_result(futures)
+
+
+def test_python_version_mismatch_is_refused(ex, monkeypatch):
+    monkeypatch.setattr(executors, "python_version", lambda: "2.7")
+    with pytest.raises(VersionMismatchError, match=r"client runs Python 2.7 .* this worker runs Python 3\.\d+"):
+        ex.call_async(abs, 1).result(timeout=60)
+
+
+def test_unpicklable_function_is_refused_before_invoking(ex):
+    def generator_maker():
+        yield 1
+
+    gen = generator_maker()
+    with pytest.raises(SerializationError, match="cannot be pickled"):
+        ex.call_async(lambda x: next(gen), 1)
+
+
+def test_unpicklable_result_is_a_clear_error(ex):
+    import threading
+
+    with pytest.raises(SerializationError, match="result of call 00000 cannot be pickled"):
+        ex.call_async(lambda x: threading.Lock(), 1).result(timeout=60)
+
+
+def test_progress_bar_counts_calls(pywren_config, capsys):
+    ex = pw.executor(pywren_config, progress=True)
+    futures = ex.map(abs, range(20))
+    pw.wait(futures, progress=True, timeout=60)
+    assert "20/20" in capsys.readouterr().err
+    ex.shutdown()
+
+
+def test_lost_call_is_detected_without_hanging(pywren_config):
+    class DropInvocations:
+        @pw.hookimpl(wrapper=True)
+        def pywren_invoke(self, session, payload):
+            if payload["calls"][0]["attempt"] == 0:
+                payload["calls"] = []  # the platform accepts the invocation, and the call never runs
+            return (yield)
+
+    ex = pw.executor(pywren_config, wrappers=[DropInvocations()], progress=False, timeout=0.5, lost_grace=0.5)
+    future = ex.call_async(abs, -9)
+    assert future.result(timeout=30) == 9
+    assert future.stats["attempts"] == 2
+    ex.shutdown()

@@ -1,0 +1,145 @@
+"""Plugin loading and routing: entry points, broken plugins, wrappers, the contract checks."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+import pywren_core as pw
+from pywren_core import plugins
+from pywren_core.backend import BackendInfo, Limits
+from pywren_core.errors import BackendNotFoundError, PluginError
+from pywren_core.plugins import Backend, PluginEntry, load_backend
+
+
+def test_entry_point_backend_runs_a_map():
+    """The fixture distribution's backend, found through its entry point, runs the real protocol."""
+    ex = pw.executor(backend="fixture", progress=False)
+    assert ex.backend.entry.distribution == "pywren-fixture"
+    assert ex.get_result(ex.map(abs, [-1, -2, 3])) == [1, 2, 3]
+    ex.shutdown()
+
+
+def test_wrapper_plugin_applies_to_every_backend(pywren_config):
+    from pywren_fixture.wrapper import PUTS
+
+    counts = []
+    for config in (pywren_config, {"backend": "fixture"}):
+        PUTS.clear()
+        ex = pw.executor(config, progress=False)
+        ex.get_result(ex.map(abs, [1, 2]))
+        ex.shutdown()
+        counts.append(PUTS["pywren.jobs"])
+    # local: the client's put of the function (its workers are other processes); fixture: the
+    # function plus both statuses, written by workers running in this process.
+    assert counts == [1, 3]
+
+
+def test_broken_plugin_is_named_and_others_still_load():
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'broken' \(pywren-fixture 0.1.0, pywren_fixture.broken\) failed to load: "
+        r"ModuleNotFoundError",
+    ):
+        load_backend("broken")
+    assert load_backend("local").name == "local"
+    assert load_backend("fixture").name == "fixture"
+
+
+def test_unknown_backend_lists_installed_and_install_line():
+    with pytest.raises(BackendNotFoundError) as info:
+        pw.executor(backend="gcp")
+    message = str(info.value)
+    assert "backend 'gcp' is not installed" in message
+    assert "local" in message and "fixture" in message
+    assert "pip install pywren-gcp" in message
+
+
+def test_load_plugins_env_limits_entry_points(monkeypatch):
+    monkeypatch.setenv("PYWREN_LOAD_PLUGINS", "fixture")
+    plugins.reset()
+    assert set(plugins.backend_entries()) == {"local", "fixture"}
+    monkeypatch.setenv("PYWREN_LOAD_PLUGINS", "")
+    plugins.reset()
+    assert set(plugins.backend_entries()) == {"local"}
+    assert plugins.wrapper_entries() == {}
+
+
+def test_disable_plugins_env(monkeypatch):
+    monkeypatch.setenv("PYWREN_DISABLE_PLUGINS", "broken")
+    assert "broken" not in plugins.backend_entries() and "fixture" in plugins.backend_entries()
+    monkeypatch.setenv("PYWREN_DISABLE_PLUGINS", "all")
+    plugins.reset()
+    assert set(plugins.backend_entries()) == {"local"}
+    with pytest.raises(BackendNotFoundError, match="disabled by PYWREN_LOAD_PLUGINS / PYWREN_DISABLE_PLUGINS"):
+        load_backend("fixture")
+
+
+def _entry(name="tiny"):
+    return PluginEntry(name, "backend", "tests:tiny", "tiny-dist", "9.9")
+
+
+def test_plugin_missing_required_hooks_is_refused():
+    plugin = types.SimpleNamespace()
+    plugin.pywren_backend_info = pw.hookimpl(lambda: BackendInfo(name="tiny", limits=Limits(1, 1, 1)))
+    with pytest.raises(PluginError, match="does not implement pywren_connect, pywren_storage_put"):
+        Backend(_entry(), plugin)
+
+
+def test_plugin_for_another_api_version_is_refused():
+    local = load_backend("local").plugin
+
+    class Future:
+        @pw.hookimpl
+        def pywren_backend_info(self):
+            return BackendInfo(name="tiny", limits=Limits(1, 1, 1), api_version=99)
+
+    class Mixed(Future):
+        pass
+
+    for hook in plugins.REQUIRED_HOOKS[1:]:
+        setattr(Mixed, hook, staticmethod(getattr(local, hook)))
+    with pytest.raises(PluginError, match=r"built for hook API 99, but pywren-core .* speaks API 1.*pip install -U"):
+        Backend(_entry(), Mixed())
+
+
+def test_misspelt_hook_is_a_loud_error():
+    class Typo:
+        @pw.hookimpl
+        def pywren_storage_putt(self, session, key, data):
+            pass
+
+    with pytest.raises(PluginError, match="pywren_storage_putt"):
+        Backend(_entry(), Typo())
+
+
+def test_session_wrappers_apply_to_one_executor_only(pywren_config):
+    seen = []
+
+    class Spy:
+        @pw.hookimpl(wrapper=True)
+        def pywren_invoke(self, session, payload):
+            seen.append(payload["job_id"])
+            return (yield)
+
+    spied = pw.executor(pywren_config, wrappers=[Spy()], progress=False)
+    plain = pw.executor(pywren_config, progress=False)
+    spied.get_result(spied.map(abs, [1, 2]))
+    plain.get_result(plain.map(abs, [1, 2]))
+    assert seen == ["j0000", "j0000"]
+
+
+def test_arguments_beyond_the_payload_limit_travel_through_storage():
+    from pywren_fixture import backend as fixture
+
+    fixture.INVOKED.clear()
+    ex = pw.executor(backend="fixture", progress=False)
+    big = b"x" * 10_000  # the fixture backend takes payloads of at most 4,096 bytes
+    assert ex.get_result(ex.map(len, [big, b"small"])) == [10_000, 5]
+    assert all(len(json.dumps(p)) <= 4096 for p in fixture.INVOKED)
+    assert all("key" in call["args"] for p in fixture.INVOKED for call in p["calls"])
+    small = ex.get_result(ex.map(len, [b"a", b"bb"]))
+    assert small == [1, 2] and "inline" in fixture.INVOKED[-1]["calls"][0]["args"]
+    ex.shutdown()
