@@ -1,0 +1,139 @@
+"""The local backend against concurrent.futures.ProcessPoolExecutor, measured in the same run.
+
+The process pool is the physical limit for running Python calls in parallel on this machine, so
+the ratio is pywren's own overhead: pickling through storage, status records, polling.
+
+    python benchmarks/bench_local.py            # the standard set (a few minutes on 2 cores)
+    python benchmarks/bench_local.py --scale    # 10k / 30k / 100k no-op calls: time and memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pywren_core as pw
+
+WORKERS = os.cpu_count() or 2
+
+
+def noop(x):
+    return x
+
+
+def cpu_50ms(x):
+    end = time.process_time() + 0.05
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return n
+
+
+def one_mb(x):
+    return b"x" * 2**20
+
+
+def run_pywren(ex, func, n):
+    start = time.perf_counter()
+    results = ex.get_result(ex.map(func, range(n)))
+    elapsed = time.perf_counter() - start
+    assert len(results) == n
+    return elapsed
+
+
+def run_pool(pool, func, n):
+    start = time.perf_counter()
+    results = [f.result() for f in [pool.submit(func, i) for i in range(n)]]
+    elapsed = time.perf_counter() - start
+    assert len(results) == n
+    return elapsed
+
+
+def compare(repeats, ours, base, *args):
+    """Medians of alternating runs, so drift in machine load hits both sides alike."""
+    pairs = [(ours(*args), base(*args)) for _ in range(repeats)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
+def standard(repeats: int) -> None:
+    ex = pw.executor(backend="local", progress=False, local={"workers": WORKERS})  # default storage dir
+    pool = concurrent.futures.ProcessPoolExecutor(WORKERS)
+    run_pywren(ex, noop, 50)  # warm both: processes started, modules imported
+    run_pool(pool, noop, 50)
+    workloads = [
+        ("no-op", noop, 100),
+        ("no-op", noop, 1000),
+        ("no-op", noop, 10000),
+        ("50 ms CPU", cpu_50ms, 200),
+        ("1 MB result", one_mb, 100),
+    ]
+    print(f"{'workload':<14}{'calls':>7}{'pywren s':>11}{'pool s':>10}{'ratio':>8}", end="")
+    print(f"   (medians of {repeats} alternating runs, {WORKERS} workers)")
+    for name, func, n in workloads:
+        ours, base = compare(repeats, lambda f, k: run_pywren(ex, f, k), lambda f, k: run_pool(pool, f, k), func, n)
+        print(f"{name:<14}{n:>7}{ours:>11.3f}{base:>10.3f}{ours / base:>8.2f}x")
+    ex.shutdown()
+    pool.shutdown()
+    first_result(repeats)
+
+
+FIRST_PYWREN = """
+import time; t = time.perf_counter()
+import pywren_core as pw
+ex = pw.executor(backend="local", progress=False)
+assert ex.call_async(abs, -1).result() == 1
+print(time.perf_counter() - t)
+"""
+FIRST_POOL = """
+import time; t = time.perf_counter()
+import concurrent.futures
+with concurrent.futures.ProcessPoolExecutor(%d) as pool:
+    assert pool.submit(abs, -1).result() == 1
+    print(time.perf_counter() - t)
+"""
+
+
+def first_result(repeats: int) -> None:
+    def measure(code):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        return float(out.strip().splitlines()[-1])
+
+    ours, base = compare(repeats, lambda: measure(FIRST_PYWREN), lambda: measure(FIRST_POOL % WORKERS))
+    print(
+        f"first result of one call in a fresh process (import + executor + call): pywren {ours * 1000:.0f} ms, "
+        f"ProcessPoolExecutor {base * 1000:.0f} ms, ratio {ours / base:.2f}x"
+    )
+
+
+SCALE = """
+import resource, time
+import pywren_core as pw
+ex = pw.executor(backend="local", progress=False)
+ex.get_result(ex.map(abs, range(100)))
+t = time.perf_counter()
+results = ex.get_result(ex.map(abs, range(%d)))
+elapsed = time.perf_counter() - t
+assert results == list(range(%d))
+print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def scale() -> None:
+    print(f"{'calls':>8}{'seconds':>10}{'µs/call':>10}{'client peak MB':>16}")
+    for n in (10_000, 30_000, 100_000):
+        out = subprocess.run([sys.executable, "-c", SCALE % (n, n)], capture_output=True, text=True, check=True).stdout
+        elapsed, peak = map(float, out.split())
+        print(f"{n:>8}{elapsed:>10.2f}{elapsed / n * 1e6:>10.1f}{peak:>16.0f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scale", action="store_true", help="run the 10k-100k scaling study instead")
+    args = parser.parse_args()
+    scale() if args.scale else standard(args.repeats)
