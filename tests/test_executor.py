@@ -118,14 +118,22 @@ def test_cleanup_off_keeps_objects(pywren_config):
         assert ex.session.list(f"pywren.jobs/{ex.executor_id}/") == []
 
 
-def test_cancel_before_invocation(pywren_config):
-    ex = pw.executor(pywren_config, progress=False, local={"workers": 1})
-    blocker = ex.call_async(sleepy, 1)
-    queued = ex.map(sleepy, [0] * 50)
+def test_shutdown_cancels_calls_not_yet_invoked(pywren_config):
+    class SlowInvoke:
+        @pw.hookimpl(wrapper=True)
+        def pywren_invoke(self, session, payload):
+            time.sleep(0.1)
+            return (yield)
+
+    ex = pw.executor(pywren_config, wrappers=[SlowInvoke()], progress=False, invoke_threads=1)
+    futures = ex.map(abs, range(20))
+    while not futures[0].running():
+        time.sleep(0.01)
     ex.shutdown(wait=True, cancel_futures=True)
-    assert blocker.result() == 1
-    assert any(f.cancelled() for f in queued) or all(f.done() for f in queued)
-    assert all(f.done() for f in queued)
+    assert futures[0].result() == 0
+    cancelled = [f for f in futures if f.cancelled()]
+    assert len(cancelled) >= 15 and all(f.status == "cancelled" for f in cancelled)
+    assert all(f.done() for f in futures)
 
 
 def test_sigkilled_worker_is_retried(ex):
