@@ -8,5 +8,4 @@ class TestLocalStorage(StorageConformance):
 
 
 class TestLocalExecutor(ExecutorConformance):
-    short_timeout = 1.0
     lost_grace = 5.0

@@ -152,11 +152,11 @@ def test_sigkilled_worker_is_reported_when_out_of_retries(pywren_config):
 
 
 def test_timeout_kills_the_call_and_frees_the_worker(pywren_config):
-    ex = pw.executor(pywren_config, progress=False, retries=0, timeout=0.5, local={"workers": 1})
+    ex = pw.executor(pywren_config, progress=False, retries=0, timeout=2, local={"workers": 1})
     started = time.monotonic()
-    with pytest.raises(CallTimeoutError, match="past its timeout of 0.5 s"):
+    with pytest.raises(CallTimeoutError, match="past its timeout of 2.0 s"):
         ex.call_async(sleepy, 60).result(timeout=30)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20
     assert ex.call_async(sleepy, 0).result(timeout=30) == 0
     ex.shutdown()
 

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 import pywren_core
-from pywren_core import worker
+from pywren_core import plugins, worker
 from pywren_core.backend import BackendInfo, ConfigField, Limits
 from pywren_core.errors import CallFailedError, CallTimeoutError, NotFoundError, StorageError, WorkerDiedError
 from pywren_core.hookspecs import hookimpl
@@ -192,6 +192,11 @@ def worker_main(fd: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the client's terminal is the client's
     conn = Connection(fd)
+    try:  # load the plugins now, while the client is still busy submitting, not on the first call
+        plugins.load_backend("local")
+    except Exception:  # a broken wrapper plugin: the first payload will report it
+        pass
+    conn.send("ready")  # timeouts count from here, not from a slow interpreter start
     while True:
         try:
             batch = conn.recv()
@@ -215,6 +220,8 @@ class _Worker:
     inflight: deque[dict[str, Any]] = attrs.field(factory=deque)
     #: When the running payload started (when the one before it was acknowledged).
     head_started: float = 0.0
+    #: The process has started and said so; only then is it sent work.
+    ready: bool = False
 
     @property
     def head_deadline(self) -> float | None:
@@ -249,6 +256,7 @@ class WorkerPool:
         self.closed = False
         self.scratch = tempfile.mkdtemp(prefix="pywren-local-")
         self._seconds_per_payload = 0.01
+        self._failed_starts = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.workers = [self._spawn() for _ in range(size)]
@@ -285,13 +293,14 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         ahead = 2 + min(self.MAX_AHEAD, int(self.QUEUED_SECONDS / self._seconds_per_payload))
-        batches: dict[int, list[dict[str, Any]]] = {id(w): [] for w in self.workers}
-        while self.pending:  # deal payloads one at a time to the least loaded worker
-            w = min(self.workers, key=lambda w: len(w.inflight) + len(batches[id(w)]))
+        ready = [w for w in self.workers if w.ready]
+        batches: dict[int, list[dict[str, Any]]] = {id(w): [] for w in ready}
+        while self.pending and ready:  # deal payloads one at a time to the least loaded worker
+            w = min(ready, key=lambda w: len(w.inflight) + len(batches[id(w)]))
             if len(w.inflight) + len(batches[id(w)]) >= ahead:
                 break
             batches[id(w)].append(self.pending.popleft())
-        for w in self.workers:
+        for w in ready:
             batch = batches[id(w)]
             if not batch:
                 continue
@@ -309,15 +318,34 @@ class WorkerPool:
             busy = [w for w in self.workers if w.inflight]
             deadlines = [d for d in (w.head_deadline for w in busy) if d is not None]
             timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
-            ready = set(wait([self._wake_r, *(w.conn for w in busy)], timeout))
+            starting = [w for w in self.workers if not w.ready]
+            ready = set(wait([self._wake_r, *(w.conn for w in busy + starting)], timeout))
             if self._wake_r in ready:
                 os.read(self._wake_r, 1 << 16)
+            for w in starting:
+                if w.conn in ready:
+                    self._started(w)
             for w in busy:
                 if w.conn in ready:
                     self._collect_acks(w)
                 elif (deadline := w.head_deadline) is not None and time.time() >= deadline:
                     timeout = w.inflight[0]["timeout"]
                     self._replace(w, "timeout", f"call ran past its timeout of {timeout} s and was killed")
+
+    def _started(self, w: _Worker) -> None:
+        try:
+            w.ready = w.conn.recv() == "ready"
+            self._failed_starts = 0
+            return
+        except (EOFError, OSError):
+            pass
+        self._failed_starts += 1
+        message = f"{self._death_message(w)}: local worker processes fail to start (see their output above)"
+        if self._failed_starts >= 3 * len(self.workers):  # do not leave the client waiting on a broken install
+            self._failed_starts = 0
+            while self.pending:
+                _report_unfinished(self.pending.popleft(), "error", message)
+        self._replace(w, "error", message)
 
     def _collect_acks(self, w: _Worker) -> None:
         try:
@@ -338,9 +366,9 @@ class WorkerPool:
         try:
             code = w.process.wait(1)
         except subprocess.TimeoutExpired:
-            return f"worker process {w.process.pid} stopped answering while running the call"
+            return f"worker process {w.process.pid} stopped answering"
         how = f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
-        return f"worker process {w.process.pid} {how} while running the call"
+        return f"worker process {w.process.pid} {how}" + (" while running the call" if w.inflight else "")
 
     def _replace(self, w: _Worker, kind: str, message: str) -> None:
         """Report the running payload as failed, requeue the ones it never started, and respawn."""
@@ -349,8 +377,7 @@ class WorkerPool:
         w.conn.close()
         running = w.inflight.popleft() if w.inflight else None
         self.pending.extendleft(reversed(w.inflight))
-        fresh = self._spawn()
-        w.process, w.conn, w.inflight = fresh.process, fresh.conn, deque()
+        self.workers[self.workers.index(w)] = self._spawn()
         if running is not None:
             _report_unfinished(running, kind, message)
 
