@@ -56,13 +56,18 @@ _FUNCTION_CACHE_SIZE = 16
 
 @attrs.frozen
 class CallContext:
-    """The call running in this thread; ``workdir`` is its own scratch directory."""
+    """The call running in this thread.
+
+    ``workdir`` is its own scratch directory; ``storage`` is its backend's storage session, for
+    calls that read or write objects of their own (under a prefix of their choosing).
+    """
 
     executor_id: str
     job_id: str
     call_id: str
     attempt: int
     workdir: str
+    storage: Session
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("pywren_call", default=None)
@@ -266,10 +271,12 @@ _workdirs = _Workdirs()
 
 
 @contextlib.contextmanager
-def _call_scope(keys: JobKeys, call: dict[str, Any], isolate_cwd: bool) -> Iterator[dict[str, _Tail]]:
+def _call_scope(
+    keys: JobKeys, call: dict[str, Any], session: Session, isolate_cwd: bool
+) -> Iterator[dict[str, _Tail]]:
     workdir = _workdirs.acquire()
     tails = {"stdout": _Tail(), "stderr": _Tail()}
-    context = CallContext(keys.executor_id, keys.job_id, call["call_id"], call["attempt"], workdir)
+    context = CallContext(keys.executor_id, keys.job_id, call["call_id"], call["attempt"], workdir, session)
     tokens = (_current.set(context), _output.set(tails))
     previous_cwd = os.getcwd() if isolate_cwd else None
     try:
@@ -341,7 +348,7 @@ def _run_call(
         func = _load_function(session, payload, keys, secret)
         args, kwargs = _load_args(session, call, keys, secret)
         stats["setup_done"] = time.time()
-        with _call_scope(keys, call, isolate_cwd) as tails:
+        with _call_scope(keys, call, session, isolate_cwd) as tails:
             value = func(*args, **kwargs)
         stats["func_done"] = time.time()
         try:
