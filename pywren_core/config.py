@@ -49,6 +49,7 @@ class Config:
     lost_grace: float = _setting(
         30.0, (int, float), "seconds past the timeout, with no progress at all, before a silent call counts as lost"
     )
+    faults: Mapping[str, Any] = _setting({}, dict, "fault injection (off unless set; see pywren_core.faults)")
     #: Raw sections for backends, by name (validated per backend by :meth:`backend_section`).
     sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     #: Where each key's value came from, for error messages.

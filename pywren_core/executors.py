@@ -39,6 +39,7 @@ from pywren_core.errors import (
     VersionMismatchError,
     WorkerDiedError,
 )
+from pywren_core.faults import FaultConfig, FaultInjector
 from pywren_core.futures import ALL_COMPLETED, ResponseFuture
 from pywren_core.plugins import load_backend
 from pywren_core.protocol import (
@@ -114,6 +115,11 @@ class Executor(concurrent.futures.Executor):
             if getattr(config, name) < low:
                 raise ConfigError(f"{config.sources.get(name, 'config')}: {name} must be at least {low}")
         self.section = config.backend_section(self.info)
+        self.faults: FaultInjector | None = None
+        if config.faults:
+            fault_config = FaultConfig.from_mapping(config.faults, config.sources.get("faults", "config"))
+            self.faults = FaultInjector(fault_config, "client")
+            wrappers = [*wrappers, self.faults]
         self.session: Session = self.backend.open(self.section, role="client", wrappers=wrappers)
         self.executor_id = new_id()
         self._job_numbers = itertools.count()
@@ -222,6 +228,8 @@ class Executor(concurrent.futures.Executor):
             "core_version": __version__,
             "result_inline_max": RESULT_INLINE_MAX,
         }
+        if self.faults is not None:
+            base_payload["faults"] = attrs.asdict(self.faults.config)
         arg_specs = self._arg_specs(keys, base_payload, signed, chunksize)
         self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
         job = _Job(keys, secret, base_payload, {}, self.timeout)
@@ -521,11 +529,20 @@ class _Monitor:
                         found.append((job, call, key))
         if not found:
             return False
-        fetch = lambda item: json.loads(self.session.get(item[2]))  # noqa: E731
-        statuses = self._io.map(fetch, found) if self._io is not None and len(found) > 1 else map(fetch, found)
+        parallel = self._io is not None and len(found) > 1
+        statuses = self._io.map(self._fetch, found) if parallel else map(self._fetch, found)  # type: ignore[union-attr]
         for (job, call, _), status in zip(found, statuses, strict=True):
-            self.executor._complete(job, call, status)
+            if status is not None:
+                self.executor._complete(job, call, status)
         return True
+
+    def _fetch(self, item: tuple[_Job, _Call, str]) -> dict[str, Any] | None:
+        """A status record, or None when it cannot be read now (it is read again next round)."""
+        try:
+            return json.loads(self.session.get(item[2]))
+        except Exception as exc:
+            self._warn(exc)
+            return None
 
     def _check_deadlines(self) -> None:
         now = time.time()

@@ -297,3 +297,66 @@ class ExecutorConformance:
         finally:
             sys.path.remove(str(tmp_path))
             sys.modules.pop(module_name, None)
+
+
+class FaultConformance:
+    """A map of ``fault_calls`` calls under each injected fault (see :mod:`pywren_core.faults`):
+    every call ends with its correct result or a clear per-call error, nothing hangs, nothing
+    written is lost, and retries show in the futures' stats."""
+
+    fault_calls = 500
+    short_timeout = 3.0
+    lost_grace = 5.0
+    #: Bound on one faulty map: the client must never hang.
+    map_deadline = 300.0
+
+    def run_under(self, pywren_config: dict[str, Any], faults: dict[str, Any], **overrides: Any) -> tuple[Any, list]:
+        settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, "retries": 3}
+        ex = pw.executor(pywren_config, faults={"seed": 7, **faults}, **{**settings, **overrides})
+        futures = ex.map(square, range(self.fault_calls))
+        done, not_done = pw.wait(futures, timeout=self.map_deadline)
+        ex.shutdown(wait=False)
+        assert not not_done, f"{len(not_done)} calls still pending after {self.map_deadline} s"
+        return ex, futures
+
+    def assert_all_correct(self, futures: list) -> None:
+        wrong = [(i, f.exception() or f.result()) for i, f in enumerate(futures)
+                 if f.exception() is not None or f.result() != i * i]
+        assert not wrong, f"{len(wrong)} calls failed or were wrong, first: {wrong[:3]}"
+
+    def test_dropped_invocations_are_invoked_again(self, pywren_config: dict[str, Any]) -> None:
+        ex, futures = self.run_under(pywren_config, {"drop_invocations": 0.05})
+        self.assert_all_correct(futures)
+        assert ex.faults.injected["drop_invocations"] > 0
+        # Every dropped invocation (first ones and retries alike) cost its call one more attempt.
+        assert sum(f.stats["attempts"] - 1 for f in futures) >= ex.faults.injected["drop_invocations"]
+
+    def test_throttling_is_waited_out(self, pywren_config: dict[str, Any]) -> None:
+        ex, futures = self.run_under(pywren_config, {"throttle_for": 1.0})
+        self.assert_all_correct(futures)
+        assert ex.faults.injected["throttled_invocations"] > 0
+        assert sum(f.stats.get("invoke_retries", 0) for f in futures) == ex.faults.injected["throttled_invocations"]
+
+    def test_storage_errors_are_retried(self, pywren_config: dict[str, Any]) -> None:
+        ex, futures = self.run_under(pywren_config, {"storage_errors": 0.05})
+        self.assert_all_correct(futures)
+        assert ex.faults.injected["storage_errors"] > 0
+
+    def test_slow_storage_and_invocations(self, pywren_config: dict[str, Any]) -> None:
+        _, futures = self.run_under(pywren_config, {"delay": 0.002})
+        self.assert_all_correct(futures)
+
+    def test_workers_dying_before_reporting_are_retried(self, pywren_config: dict[str, Any]) -> None:
+        _, futures = self.run_under(pywren_config, {"crash_workers": 0.05})
+        self.assert_all_correct(futures)
+        assert any(f.stats["attempts"] > 1 for f in futures)
+
+    def test_corrupted_reads_never_give_a_wrong_result(self, pywren_config: dict[str, Any]) -> None:
+        from pywren_core.errors import SignatureError
+
+        _, futures = self.run_under(pywren_config, {"corrupt_reads": 0.02})
+        for i, f in enumerate(futures):
+            if f.exception() is None:
+                assert f.result() == i * i
+            else:
+                assert isinstance(f.exception(), SignatureError), repr(f.exception())

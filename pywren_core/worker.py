@@ -36,6 +36,7 @@ from pywren_core.errors import (
     SignatureError,
     VersionMismatchError,
 )
+from pywren_core.faults import FaultConfig, FaultInjector
 from pywren_core.protocol import (
     PROTOCOL_VERSION,
     JobKeys,
@@ -140,11 +141,13 @@ def _install_tees() -> None:
 
 def session_for(payload: dict[str, Any]) -> Session:
     """The worker-side session for the payload's backend, opened once per process and config."""
-    cache_key = (payload["backend"], json.dumps(payload["config"], sort_keys=True))
+    faults = payload.get("faults")
+    cache_key = (payload["backend"], json.dumps([payload["config"], faults], sort_keys=True))
     with _state_lock:
         session = _sessions.get(cache_key)
         if session is None:
-            session = plugins.load_backend(payload["backend"]).open(payload["config"], role="worker")
+            wrappers = [FaultInjector(FaultConfig(**faults), "worker")] if faults else []
+            session = plugins.load_backend(payload["backend"]).open(payload["config"], role="worker", wrappers=wrappers)
             _sessions[cache_key] = session
     return session
 

@@ -10,6 +10,7 @@ reports workers that die mid-call, so the client never waits on a call nobody is
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -87,11 +88,11 @@ def pywren_storage_put(session: LocalSession, key: str, data: bytes) -> None:
     path = _path(session, key)
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}")
-    for _ in range(3):  # a concurrent delete may remove the directory between the two steps
-        if directory not in session.known_dirs:
-            os.makedirs(directory, exist_ok=True)
-            session.known_dirs.add(directory)
+    for _ in range(3):  # a concurrent delete may remove the directory (or a parent) at any step
         try:
+            if directory not in session.known_dirs:
+                os.makedirs(directory, exist_ok=True)
+                session.known_dirs.add(directory)
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -314,23 +315,31 @@ class WorkerPool:
 
     def _supervise(self) -> None:
         while not self.closed:
-            self._dispatch()
-            busy = [w for w in self.workers if w.inflight]
-            deadlines = [d for d in (w.head_deadline for w in busy) if d is not None]
-            timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
-            starting = [w for w in self.workers if not w.ready]
-            ready = set(wait([self._wake_r, *(w.conn for w in busy + starting)], timeout))
-            if self._wake_r in ready:
-                os.read(self._wake_r, 1 << 16)
-            for w in starting:
-                if w.conn in ready:
-                    self._started(w)
-            for w in busy:
-                if w.conn in ready:
-                    self._collect_acks(w)
-                elif (deadline := w.head_deadline) is not None and time.time() >= deadline:
-                    timeout = w.inflight[0]["timeout"]
-                    self._replace(w, "timeout", f"call ran past its timeout of {timeout} s and was killed")
+            try:
+                self._supervise_once()
+            except Exception:  # never let the pool stop: a call it could not report is found lost later
+                logging.getLogger("pywren_core").exception("local worker pool: supervising failed; carrying on")
+                time.sleep(0.1)
+
+    def _supervise_once(self) -> None:
+        """Hand out work, then wait for an acknowledgement, a start-up, a death or a deadline."""
+        self._dispatch()
+        busy = [w for w in self.workers if w.inflight]
+        deadlines = [d for d in (w.head_deadline for w in busy) if d is not None]
+        timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
+        starting = [w for w in self.workers if not w.ready]
+        ready = set(wait([self._wake_r, *(w.conn for w in busy + starting)], timeout))
+        if self._wake_r in ready:
+            os.read(self._wake_r, 1 << 16)
+        for w in starting:
+            if w.conn in ready:
+                self._started(w)
+        for w in busy:
+            if w.conn in ready:
+                self._collect_acks(w)
+            elif (deadline := w.head_deadline) is not None and time.time() >= deadline:
+                timeout = w.inflight[0]["timeout"]
+                self._replace(w, "timeout", f"call ran past its timeout of {timeout} s and was killed")
 
     def _started(self, w: _Worker) -> None:
         try:
@@ -403,7 +412,7 @@ class WorkerPool:
 def _report_unfinished(payload: dict[str, Any], kind: str, message: str) -> None:
     """Write a failure status for each call of ``payload`` that has none, so the client learns of it."""
     error_type = {"timeout": CallTimeoutError, "died": WorkerDiedError}.get(kind, CallFailedError)
-    session = worker.session_for(payload)
+    session = worker.session_for({**payload, "faults": None})  # the platform reports, not a (faulty) worker
     keys = JobKeys.from_payload(payload)
     for call in payload["calls"]:
         status_key = keys.status(call["call_id"], call["attempt"])
