@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--all", action="store_true", help="every job's objects")
     command("deploy", cmd_deploy, "create or update the backend's cloud function")
     command("remove", cmd_remove, "remove the backend's cloud function")
+    from pywren_core.bench.cli import add_bench_command
+
+    add_bench_command(commands)
     return parser
 
 

@@ -1,0 +1,179 @@
+"""``pywren bench`` on the local backend: each workload, the run file's schema, and the report."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+import pywren_core as pw
+from pywren_core.bench import report, results, workloads
+from pywren_core.cli import main
+
+SHORT = {
+    "latency": {"burst": 2, "sequential": 3},
+    "scaleout": {"calls": 2, "sleep": 1.0},
+    "storage": {"calls": 2, "megabytes": 1.0},
+    "compute": {"calls": 2, "n": 64, "loops": 2},
+    "throughput": {"calls": 20},
+}
+
+
+@pytest.fixture
+def ex(pywren_config):
+    pywren_config["local"]["workers"] = 2
+    executor = pw.executor(pywren_config, progress=False)
+    yield executor
+    executor.shutdown(wait=False)
+
+
+def run_workload(ex, name):
+    outcome = workloads.WORKLOADS[name].run(ex, **SHORT[name])
+    calls = outcome["calls"]
+    assert len(calls) == workloads.WORKLOADS[name].expected_calls(SHORT[name])
+    assert all(c["ok"] for c in calls), [c["error"] for c in calls if not c["ok"]]
+    for c in calls:
+        assert c["submitted"] <= c["invoked"] <= c["start"] <= c["end"] <= c["done"]
+    return outcome
+
+
+def test_latency_splits_cold_from_warm(ex):
+    outcome = run_workload(ex, "latency")
+    summary = outcome["summary"]
+    cold_workers = [c["worker_id"] for c in outcome["calls"] if c["cold"]]
+    assert summary["cold"]["calls"] == len(cold_workers) == len(set(cold_workers)) <= 2  # a worker's first call
+    sequential = [c for c in outcome["calls"] if c["phase"] == "sequential"]
+    assert summary["warm"]["calls"] == sum(not c["cold"] for c in sequential) >= 1
+    warm = summary["warm"]
+    assert 0 < warm["total"]["p50"] <= warm["total"]["p90"] <= warm["total"]["p99"]
+    assert warm["to_start"]["p50"] <= warm["total"]["p50"]
+
+
+def both_workers_ready(ex):
+    """Wait until each of the two local workers has answered, so two calls can run at once."""
+    for _ in range(20):
+        if len({f.stats["worker_id"] for f in ex.map(workloads.sleep_for, [0.2, 0.2]) if f.result(60)}) == 2:
+            return
+    pytest.fail("the two local workers never ran calls at the same time")
+
+
+def test_scaleout_sees_every_call_running_at_once(ex):
+    both_workers_ready(ex)
+    summary = run_workload(ex, "scaleout")["summary"]
+    assert summary["peak_concurrency"] == 2  # two workers, two one-second sleeps
+    assert summary["time_to_all_running"] == summary["time_to_peak"] > 0
+    assert summary["wall"] >= 1.0
+
+
+def test_storage_round_trips_through_the_backend(ex, storage_dir):
+    summary = run_workload(ex, "storage")["summary"]
+    for key in ("aggregate_write_mbps", "aggregate_read_mbps"):
+        assert summary[key] > 0
+    assert summary["worker_write_mbps"]["p50"] > 0
+    assert ex.session.list("pywren.bench/") == []  # every call removed its object
+
+
+def test_compute_measures_flops(ex):
+    pytest.importorskip("numpy")
+    outcome = run_workload(ex, "compute")
+    assert outcome["skipped"] is None
+    assert outcome["summary"]["aggregate_gflops"] > 0
+    assert all(c["value"]["flops"] == 2 * 64**3 * 2 for c in outcome["calls"])
+
+
+def test_throughput_counts_calls_per_second(ex):
+    summary = run_workload(ex, "throughput")["summary"]
+    assert summary["calls_per_second"] == pytest.approx(20 / summary["wall"])
+
+
+def test_unknown_parameter_is_refused():
+    with pytest.raises(ValueError, match="has no parameter callz; it has calls"):
+        workloads.WORKLOADS["throughput"].params("laptop", {"callz": 3})
+
+
+def bench_run(path: Path, suite: str, monkeypatch, storage_dir: str) -> dict:
+    """``pywren bench run`` through the real command line, with short parameters."""
+    monkeypatch.setenv("PYWREN_LOCAL_STORAGE_DIR", storage_dir)
+    monkeypatch.setenv("PYWREN_LOCAL_WORKERS", "2")
+    settings = [f"--set={name}.{k}={v}" for name in workloads.SUITES[suite] for k, v in SHORT[name].items()]
+    assert main(["bench", "run", "--backend", "local", "--suite", suite, *settings, "-o", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_run_file_follows_the_schema(tmp_path, monkeypatch, storage_dir):
+    config_file = tmp_path / "pywren.yaml"
+    config_file.write_text("gcp:\n  service_account_key: hunter2\n")  # another backend's secret
+    monkeypatch.setenv("PYWREN_CONFIG_FILE", str(config_file))
+    run = bench_run(tmp_path / "local.json", "standard", monkeypatch, storage_dir)
+    results.validate(run)
+    assert "hunter2" not in (tmp_path / "local.json").read_text()
+    assert run["backend"]["name"] == "local" and run["backend"]["distribution"] == "pywren-core"
+    assert run["backend"]["version"] and run["machine"]["cpus"] and run["config"]["backend"] == "local"
+    assert list(run["workloads"]) == list(workloads.SUITES["standard"])
+    assert len(run["workloads"]["scaleout"]["calls"]) == 2
+    assert run["workloads"]["throughput"]["params"] == {"calls": 20}
+    broken = json.loads(json.dumps(run))
+    del broken["workloads"]["latency"]["calls"][1]["start"]
+    broken["backend"]["name"] = 3
+    with pytest.raises(results.BenchFileError) as info:
+        results.validate(broken)
+    assert "run.backend.name" in str(info.value) and "run.workloads.latency.calls[1].start: missing" in str(info.value)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_report_puts_two_runs_side_by_side(tmp_path, monkeypatch, storage_dir):
+    bench_run(tmp_path / "first.json", "standard", monkeypatch, storage_dir)
+    bench_run(tmp_path / "second.json", "quick", monkeypatch, storage_dir)
+    out = tmp_path / "report"
+    assert main(["bench", "report", str(tmp_path / "first.json"), str(tmp_path / "second.json"), "-o", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    throughput = text.split("## No-op throughput")[1].split("##")[0]
+    assert "| first |" in throughput and "| second |" in throughput
+    scaleout = text.split("## Scale-out")[1].split("##")[0]
+    assert "| second | not run |" in scaleout
+
+    if not _has_matplotlib():
+        assert report.PLOT_SKIPPED in text
+        return
+    image = pytest.importorskip("matplotlib.image")
+    expected = (int(report.FIGSIZE[0] * report.DPI), int(report.FIGSIZE[1] * report.DPI))
+    for name in ("timeline", "concurrency", "latency_cdf", "throughput"):
+        path = out / f"{name}.png"
+        assert f"![{name}]({name}.png)" in text
+        assert png_size(path) == expected
+        pixels = image.imread(path)
+        assert pixels.shape[:2] == (expected[1], expected[0]) and pixels.std() > 0  # something was drawn
+
+
+def test_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch, storage_dir):
+    run = tmp_path / "only.json"
+    bench_run(run, "quick", monkeypatch, storage_dir)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the plot extra sees
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    written = report.write_report([run], tmp_path / "out")
+    assert written == [tmp_path / "out" / "report.md"]
+    text = written[0].read_text()
+    assert report.PLOT_SKIPPED in text and "## Invocation latency" in text and "| only |" in text
+
+
+def test_report_refuses_a_file_that_is_not_a_run(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something else"}))
+    assert main(["bench", "report", str(bad), "-o", str(tmp_path / "out")]) == 1
+    assert "bad.json.format: unexpected value 'something else'" in capsys.readouterr().err
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
