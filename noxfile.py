@@ -6,6 +6,8 @@ plugin's session proves the plugin works with the core alone and no other cloud'
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import nox
@@ -68,3 +70,45 @@ def plugin(session: nox.Session, plugin: str) -> None:
     """One cloud plugin, installed with the core alone, against its local emulators."""
     session.install(".", f"./plugins/pywren_{plugin}[test]")
     session.run("pytest", f"plugins/pywren_{plugin}/tests", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The docs are built from the code: the hook reference and the example code they show are current."""
+    session.install("ruff")
+    session.run("ruff", "check", "docs", "examples")
+    session.run("python", "docs/build.py", "--check")
+
+
+@nox.session
+def example_folder(session: nox.Session) -> None:
+    """The example backend, installed with the core alone and tested from its own folder, as a third party would."""
+    session.install(".", "./examples/pywren_folder[test]")
+    session.chdir("examples/pywren_folder")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def example_metrics(session: nox.Session) -> None:
+    """The example wrapper plugin, in a virtualenv of its own (it wraps every backend installed there).
+
+    The folder example is installed too, so the wrapper is shown working on two backends.
+    """
+    session.install(".", "./examples/pywren_folder", "./examples/pywren_metrics[test]")
+    session.chdir("examples/pywren_metrics")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def template(session: nox.Session) -> None:
+    """A plugin rendered from plugins/_template installs, loads through its entry point, and wires the kit."""
+    session.install(".", "pytest")
+    into = Path(session.create_tmp()) / "rendered"
+    shutil.rmtree(into, ignore_errors=True)
+    session.run("python", "docs/new_plugin.py", "acme", "--into", str(into))
+    session.install(str(into / "pywren_acme"))
+    listing = session.run("pywren", "backends", silent=True)
+    session.log(listing)
+    if not re.search(r"^acme\s+pywren-acme\s+0\.1\.0\s.*\sok$", listing, re.MULTILINE):
+        session.error("the rendered plugin is not listed as a working backend")
+    session.run("pytest", "--collect-only", "-q", str(into / "pywren_acme" / "tests"))

@@ -28,11 +28,15 @@ REQUIRED: Any = attrs.make_class("Required", [], repr=False)()
 class ConfigField:
     """One key of a backend's config section."""
 
+    #: The key in the backend's section, and in ``PYWREN_<BACKEND>_<KEY>``.
     name: str
+    #: Accepted type(s); environment values are parsed to it.
     type: type | tuple[type, ...]
+    #: ``REQUIRED`` (the default) means the user must set it.
     default: Any = REQUIRED
     #: Secret fields are masked by ``pywren config`` and never travel to workers.
     secret: bool = False
+    #: Shown in ``pywren config`` and in errors about a missing value.
     help: str = ""
 
 
@@ -54,9 +58,13 @@ class Limits:
 class BackendInfo:
     """A backend's self-description, returned by its ``pywren_backend_info`` hook."""
 
+    #: The backend key; equal to the entry-point name.
     name: str
+    #: The platform's limits (see :class:`Limits`).
     limits: Limits
+    #: The fields of this backend's config section.
     config: Sequence[ConfigField] = ()
+    #: The hook API this plugin was built for; state it, so another core refuses the plugin.
     api_version: int = API_VERSION
     #: Dotted path of the platform's entry point that calls ``pywren_core.worker.handle``.
     handler: str = ""

@@ -1,0 +1,1 @@
+"""An example pywren backend: objects in a folder, every invocation a fresh Python process."""

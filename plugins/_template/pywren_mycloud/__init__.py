@@ -1,0 +1,1 @@
+"""pywren backend for MyCloud."""
