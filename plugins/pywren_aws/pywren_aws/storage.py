@@ -1,0 +1,89 @@
+"""The storage hooks on S3: atomic puts (multipart when large), ranged gets, paged lists, batched deletes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from pywren_aws.errors import from_code, mapped
+
+#: Objects from this size on go up as a multipart upload, their parts in parallel. Below it one PUT
+#: is as fast (and against moto faster: it reassembles parts in Python); AWS suggests parts from ~100 MB.
+MULTIPART_THRESHOLD = 64 * 2**20
+PART_SIZE = 8 * 2**20  # as boto3's own transfers; grows when 10,000 parts would not hold the object
+MAX_PARTS = 10_000
+PART_THREADS = 8
+#: S3's DeleteObjects takes at most this many keys per request.
+DELETE_BATCH = 1000
+
+
+def put(s3: Any, bucket: str, key: str, data: bytes) -> None:
+    """One PUT, or a multipart upload whose completion makes all of the object visible at once."""
+    if len(data) < MULTIPART_THRESHOLD:
+        with mapped(f"S3 put s3://{bucket}/{key}"):
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    with mapped(f"S3 multipart put s3://{bucket}/{key}"):
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        try:
+            part_size = max(PART_SIZE, -(-len(data) // MAX_PARTS))
+            view = memoryview(data)
+
+            def upload(number: int) -> dict[str, Any]:
+                start = (number - 1) * part_size
+                body = bytes(view[start : start + part_size])
+                etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)["ETag"]
+                return {"PartNumber": number, "ETag": etag}
+
+            count = -(-len(data) // part_size)
+            with concurrent.futures.ThreadPoolExecutor(min(PART_THREADS, count)) as pool:
+                parts = list(pool.map(upload, range(1, count + 1)))
+            s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            # Parts of an unfinished upload are billed until aborted.
+            try:
+                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception:  # the original error is the one worth reporting
+                pass
+            raise
+
+
+def get(s3: Any, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    """The object, or bytes [start, end) of it; HTTP ranges are inclusive, hence ``end - 1``."""
+    with mapped(f"S3 get s3://{bucket}/{key}"):
+        if byte_range is None:
+            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        start, end = byte_range
+        try:
+            # An empty range still asks for one byte, so a missing key is reported as missing.
+            response = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{max(start, end - 1)}")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":  # starts at or past the end
+                return b""
+            raise
+        return response["Body"].read()[: max(0, end - start)]
+
+
+def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    with mapped(f"S3 list s3://{bucket}/{prefix}"):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", ())]
+
+
+def delete(s3: Any, bucket: str, keys: Sequence[str]) -> None:
+    """Quiet batch deletes; S3 reports no error for keys that do not exist, so this is idempotent."""
+    for start in range(0, len(keys), DELETE_BATCH):
+        batch = keys[start : start + DELETE_BATCH]
+        with mapped(f"S3 delete of {len(batch)} keys in s3://{bucket}"):
+            response = s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+        failed = [e for e in response.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+        if failed:
+            first = failed[0]
+            message = (f"S3 delete s3://{bucket}/{first.get('Key')} (and {len(failed) - 1} more): "
+                       f"{first.get('Code')} ({first.get('Message')})")
+            raise from_code(first.get("Code", ""), 0, message)
