@@ -1,0 +1,72 @@
+"""Azure SDK and HTTP errors translated to pywren_core's, so no SDK type crosses the hook boundary.
+
+Messages keep the service's status, error code and first line of explanation, and never a
+credential: anything listed as a secret of the session is masked before it reaches a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from pywren_core.errors import AccessDeniedError, NotFoundError, PywrenError, StorageError, ThrottledError
+
+#: Service error codes that mean "slow down" whatever the HTTP status says.
+THROTTLE_CODES = {"ServerBusy", "OperationTimedOut", "TooManyRequests"}
+
+
+def retry_after(headers: object) -> float | None:
+    """The platform's Retry-After hint in seconds, when it sent one we can read."""
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:  # an HTTP date: fall back to our own backoff
+        return None
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def translate(exc: AzureError, what: str, secrets: Iterable[str] = ()) -> PywrenError:
+    """The pywren_core error for an SDK error raised while doing ``what`` (e.g. "get 'a/b'")."""
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return StorageError(scrub(f"{what}: could not reach Azure Storage: {exc.message}", secrets))
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None) or ""
+    code = str(getattr(code, "value", code))  # the SDK's enum, or the code as the service sent it
+    lines = (exc.message or "").strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    text = scrub(f"{what}: {status or ''} {code} {reason}".replace("  ", " "), secrets)
+    response = getattr(exc, "response", None)
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return NotFoundError(text)
+    if status in (429, 503) or code in THROTTLE_CODES:
+        return ThrottledError(text, retry_after(getattr(response, "headers", None)))
+    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+        return AccessDeniedError(text)
+    if isinstance(exc, HttpResponseError):
+        return StorageError(text)
+    return StorageError(scrub(f"{what}: {type(exc).__name__}: {exc.message}", secrets))
+
+
+@contextlib.contextmanager
+def mapped(what: str, secrets: Iterable[str] = ()) -> Iterator[None]:
+    """Raise the SDK's errors inside the block as pywren_core errors (without the SDK's chain,
+    whose request details are not ours to show)."""
+    try:
+        yield
+    except AzureError as exc:
+        raise translate(exc, what, secrets) from None

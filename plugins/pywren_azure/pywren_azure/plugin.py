@@ -1,0 +1,136 @@
+"""The ``azure`` backend's hooks: Blob Storage for job objects, Azure Functions for calls.
+
+Registered under the entry-point group ``pywren`` as ``azure``; the core calls these with keyword
+arguments. Every SDK error leaves here as a :mod:`pywren_core.errors` type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pywren_azure import deploy
+from pywren_azure import session as session_module
+from pywren_azure.errors import mapped
+from pywren_azure.invoke import MAX_PAYLOAD_BYTES
+from pywren_azure.session import TRANSFER_CONCURRENCY, AzureSession
+from pywren_core.backend import BackendInfo, ConfigField, Limits
+from pywren_core.errors import InvokeError, StorageError
+from pywren_core.hookspecs import hookimpl
+
+#: Azure's limit of sub-requests in one blob batch.
+BATCH_SIZE = 256
+#: Consumption plan's longest function run (10 min); the function reports a call as timed out first.
+MAX_RUNTIME = 600.0
+
+CONFIG = (
+    ConfigField("storage_account", str, None, help="storage account name (or give connection_string)"),
+    ConfigField("connection_string", str, None, secret=True,
+                help="storage connection string; UseDevelopmentStorage=true works"),
+    ConfigField("account_key", str, None, secret=True, help="key of storage_account"),
+    ConfigField("blob_endpoint", str, None, help="blob endpoint URL, when not https://<account>.blob.core.windows.net"),
+    ConfigField("queue_endpoint", str, None, help="queue endpoint URL, when not https://<account>.queue.core.windows.net"),
+    ConfigField("container", str, "pywren", help="blob container for job objects (created if missing)"),
+    ConfigField("queue", str, "pywren-calls", help="storage queue the function app's queue trigger reads"),
+    ConfigField("function_app", str, None, help="function app name (for trigger http and pywren deploy)"),
+    ConfigField("function_url", str, None, help="HTTP trigger URL, when not https://<function_app>.azurewebsites.net/api/pywren"),
+    ConfigField("function_key", str, None, secret=True, help="function key for the HTTP trigger"),
+    ConfigField("trigger", str, "queue", help="'queue' (scales on queue length, loses nothing on bursts) or 'http'"),
+    ConfigField("invoke_rate", (int, float), None,
+                help="invocations per second the client sends; default: unpaced for queue, 100 for http"),
+    ConfigField("max_concurrency", int, 16, help="calls one function instance runs at once (set at deploy)"),
+)
+
+
+@hookimpl
+def pywren_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="azure",
+        limits=Limits(max_payload_bytes=MAX_PAYLOAD_BYTES, max_runtime=MAX_RUNTIME, max_concurrency=1000),
+        config=CONFIG,
+        handler="pywren_azure.function_app:app",
+        poll_interval=(0.1, 2.0),
+        storage_concurrency=32,
+        features={
+            "triggers": "queue (default), http",
+            "isolation": "calls run as threads in one process per instance, each in its own working directory",
+            "per-instance concurrency": "azure.max_concurrency",
+        },
+    )
+
+
+@hookimpl
+def pywren_connect(config: Mapping[str, Any], role: str) -> AzureSession:
+    return session_module.connect(config, role)
+
+
+@hookimpl
+def pywren_storage_put(session: AzureSession, key: str, data: bytes) -> None:
+    with mapped(f"put {key!r}", session.secrets):
+        # Above SINGLE_PUT_BYTES the SDK stages blocks in parallel and commits them in one request,
+        # so readers never see a partial object.
+        session.container.upload_blob(key, data, length=len(data), overwrite=True, max_concurrency=TRANSFER_CONCURRENCY)
+
+
+@hookimpl
+def pywren_storage_get(session: AzureSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    with mapped(f"get {key!r}", session.secrets):
+        if byte_range is None:
+            return session.container.download_blob(key, max_concurrency=TRANSFER_CONCURRENCY).readall()
+        start, end = byte_range
+        if end <= start:  # an empty range still tells a missing key apart
+            session.container.get_blob_client(key).get_blob_properties()
+            return b""
+        # A range past the end returns what exists: the SDK answers Azure's 416 with no bytes.
+        downloader = session.container.download_blob(key, offset=start, length=end - start,
+                                                     max_concurrency=TRANSFER_CONCURRENCY)
+        return downloader.readall()
+
+
+@hookimpl
+def pywren_storage_list(session: AzureSession, prefix: str) -> list[str]:
+    with mapped(f"list {prefix!r}", session.secrets):
+        return list(session.container.list_blob_names(name_starts_with=prefix, results_per_page=5000))
+
+
+def _delete_batch(session: AzureSession, keys: Sequence[str]) -> None:
+    with mapped(f"delete {len(keys)} keys", session.secrets):
+        responses = session.container.delete_blobs(*keys, raise_on_any_failure=False)
+        failed = [r for r in responses if r.status_code not in (200, 202, 404)]
+    if failed:
+        first = f"{failed[0].status_code} {failed[0].headers.get('x-ms-error-code', '')}"
+        raise StorageError(f"delete: {len(failed)} of {len(keys)} keys failed, the first with {first}")
+
+
+@hookimpl
+def pywren_storage_delete(session: AzureSession, keys: Sequence[str]) -> None:
+    batches = [keys[i : i + BATCH_SIZE] for i in range(0, len(keys), BATCH_SIZE)]
+    if len(batches) <= 1:
+        for batch in batches:
+            _delete_batch(session, batch)
+        return
+    with ThreadPoolExecutor(TRANSFER_CONCURRENCY) as pool:
+        list(pool.map(lambda batch: _delete_batch(session, batch), batches))
+
+
+@hookimpl
+def pywren_invoke(session: AzureSession, payload: Mapping[str, Any]) -> None:
+    if session.invoker is None:
+        raise InvokeError("this session was opened as a worker; workers do not invoke")
+    session.invoker.send(payload)
+
+
+@hookimpl
+def pywren_deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
+    return deploy.deploy(session, config)
+
+
+@hookimpl
+def pywren_remove(session: AzureSession, config: Mapping[str, Any]) -> str:
+    return deploy.remove(session, config)
+
+
+@hookimpl
+def pywren_close(session: AzureSession) -> None:
+    session_module.close(session)

@@ -1,0 +1,131 @@
+"""Fixtures: Azurite and the test Functions host, started once per test session on 127.0.0.1.
+
+Azurite runs with one custom account whose key is a planted, recognisable value, and the HTTP
+trigger's function key is planted too, so any test can look for them where they must never be.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import requests
+from servers import Server, answers, azurite_binary, free_port
+
+from pywren_core import plugins
+
+ACCOUNT = "pywrentest"
+PLANTED_ACCOUNT_KEY = base64.b64encode(b"PLANTED-ACCOUNT-KEY-" + secrets.token_hex(12).encode()).decode()
+PLANTED_FUNCTION_KEY = "PLANTED-FUNCTION-KEY-" + secrets.token_hex(12)
+CONTAINER = "pywren-test"
+QUEUE = "pywren-calls-test"
+HOST_CONCURRENCY = 8
+HOST_SCRIPT = Path(__file__).with_name("functions_host.py")
+
+
+@attrs.frozen
+class Azurite:
+    blob_endpoint: str
+    queue_endpoint: str
+    account: str = ACCOUNT
+    key: str = PLANTED_ACCOUNT_KEY
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+                f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};")
+
+
+@attrs.frozen
+class FunctionsHost:
+    url: str
+    key: str
+    trace_path: Path
+    log_path: Path
+
+    @property
+    def function_url(self) -> str:
+        return f"{self.url}/api/pywren"
+
+    def status(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/admin/host/status", timeout=10).json()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    binary = azurite_binary()
+    blob_port, queue_port, table_port = free_port(), free_port(), free_port()
+    workdir = tmp_path_factory.mktemp("azurite")
+    argv = [
+        str(binary), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+        "--blobPort", str(blob_port), "--queuePort", str(queue_port), "--tablePort", str(table_port),
+        "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent",
+    ]
+    env = {**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{PLANTED_ACCOUNT_KEY}"}
+    server = Server("azurite", argv, workdir / "azurite.log", env=env, cwd=workdir)
+    blob, queue = f"http://127.0.0.1:{blob_port}", f"http://127.0.0.1:{queue_port}"
+    server.ready(lambda: answers(blob) and answers(queue))
+    yield Azurite(f"{blob}/{ACCOUNT}", f"{queue}/{ACCOUNT}")
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FunctionsHost]:
+    """The plugin's real FunctionApp, in a host process of its own with HOST_CONCURRENCY slots.
+
+    The worker side gets its storage credentials from the app's settings (environment), as on Azure.
+    """
+    workdir = tmp_path_factory.mktemp("functions-host")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYWREN_")}
+    env.update({
+        "AzureWebJobsStorage": azurite.connection_string,
+        "PYWREN_AZURE_CONNECTION_STRING": azurite.connection_string,
+        "PYWREN_AZURE_QUEUE": QUEUE,
+        "PYWREN_AZURE_MAX_CONCURRENCY": str(HOST_CONCURRENCY),
+        "FUNCTIONS_TEST_KEY": PLANTED_FUNCTION_KEY,
+    })
+    trace = workdir / "trace.jsonl"
+    argv = [sys.executable, str(HOST_SCRIPT), "--port", str(port), "--concurrency", str(HOST_CONCURRENCY),
+            "--trace", str(trace)]
+    server = Server("functions host", argv, workdir / "host.log", env=env, cwd=workdir)
+    url = f"http://127.0.0.1:{port}"
+    server.ready(lambda: requests.get(f"{url}/admin/host/status", timeout=2).status_code == 200)
+    yield FunctionsHost(url, PLANTED_FUNCTION_KEY, trace, workdir / "host.log")
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No config file, PYWREN_* or Azure credential variable of the machine leaks into a test."""
+    for var in list(os.environ):
+        if var.startswith("PYWREN_") or var in ("AZURE_STORAGE_CONNECTION_STRING", "AzureWebJobsStorage"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def storage_section(azurite: Azurite) -> dict[str, Any]:
+    return {"connection_string": azurite.connection_string, "container": CONTAINER}
+
+
+@pytest.fixture
+def queue_section(storage_section: dict[str, Any], functions_host: FunctionsHost) -> dict[str, Any]:
+    return {**storage_section, "queue": QUEUE, "trigger": "queue"}
+
+
+@pytest.fixture
+def http_section(storage_section: dict[str, Any], functions_host: FunctionsHost) -> dict[str, Any]:
+    return {**storage_section, "trigger": "http", "function_url": functions_host.function_url,
+            "function_key": functions_host.key, "invoke_rate": 400}
