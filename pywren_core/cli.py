@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from pywren_core import __version__
+from pywren_core import __version__, manifests
 from pywren_core import config as config_module
 from pywren_core.errors import PywrenError
 from pywren_core.plugins import Backend, backend_entries, load_backend
-from pywren_core.protocol import JOBS_PREFIX
+from pywren_core.protocol import JOBS_PREFIX, JobKeys, parse_status_key
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -108,6 +109,30 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """How far a job got, read from storage: works from any process, even after the client died."""
+    cfg, backend = _load(args)
+    session = backend.open(cfg.backend_section(backend.info))
+    manifest = manifests.read(args.job)
+    keys = JobKeys(manifest["executor_id"], manifest["job_id"])
+    kinds: dict[str, int] = {}
+    reported = set()
+    for key in session.list(keys.prefix + "status/"):
+        parsed = parse_status_key(key)
+        if parsed is None:
+            continue
+        kind = json.loads(session.get(key)).get("kind", "unknown")
+        if kind == "success" or parsed[0] not in reported:
+            reported.add(parsed[0])
+            kinds[kind] = kinds.get(kind, 0) + 1
+    pending = manifest["calls"] - len(reported)
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    print(f"job {args.job} on {manifest['backend']}: {manifest['calls']} calls; {summary or 'none reported'}; "
+          f"{pending} not reported yet")
+    print(f"collect the results with: pw.executor().attach({args.job!r})")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     return _lifecycle(args, "deploy")
 
@@ -149,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean = command("clean", cmd_clean, "delete the storage objects of a job or an executor")
     clean.add_argument("target", nargs="?", help="EXECUTOR_ID or EXECUTOR_ID/JOB_ID")
     clean.add_argument("--all", action="store_true", help="every job's objects")
+    status = command("status", cmd_status, "how far a job got (works after the client died)")
+    status.add_argument("job", help="EXECUTOR_ID/JOB_ID, as in a future's executor_id and job_id")
     command("deploy", cmd_deploy, "create or update the backend's cloud function")
     command("remove", cmd_remove, "remove the backend's cloud function")
     from pywren_core.bench.cli import add_bench_command

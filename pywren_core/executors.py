@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from pywren_core import __version__, serialize
+from pywren_core import __version__, manifests, serialize
 from pywren_core import config as config_module
 from pywren_core import futures as futures_module
 from pywren_core.backend import Session, backoff_delay
@@ -87,6 +87,8 @@ class _Job:
     timeout: float
     pending: dict[str, set[str]] = attrs.field(factory=dict)
     last_progress: float = attrs.field(factory=time.time)
+    #: Collected by a new client (``Executor.attach``): arguments unknown, so never invoked again.
+    attached: bool = False
 
     def payload(self, calls: Sequence[_Call]) -> dict[str, Any]:
         entries = [{"call_id": c.future.call_id, "attempt": c.future.attempt, "args": c.args} for c in calls]
@@ -231,6 +233,7 @@ class Executor(concurrent.futures.Executor):
         if self.faults is not None:
             base_payload["faults"] = attrs.asdict(self.faults.config)
         arg_specs = self._arg_specs(keys, base_payload, signed, chunksize)
+        manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
         self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
         job = _Job(keys, secret, base_payload, {}, self.timeout)
         futures = []
@@ -263,6 +266,32 @@ class Executor(concurrent.futures.Executor):
             offset += len(blob)
         self.session.put(keys.args, b"".join(signed))
         return specs
+
+    def attach(self, job: str) -> list[ResponseFuture]:
+        """Futures for a job another client submitted (``EXECUTOR_ID/JOB_ID``), e.g. before it crashed.
+
+        Results written meanwhile are collected like any others. Calls that never report fail
+        after the timeout: their arguments left with the old client, so they are not invoked again.
+        """
+        manifest = manifests.read(job)
+        if manifest["backend"] != self.info.name:
+            raise ConfigError(f"job {job} ran on backend {manifest['backend']!r}, not {self.info.name!r}")
+        keys = JobKeys(manifest["executor_id"], manifest["job_id"])
+        attached = _Job(keys, bytes.fromhex(manifest["secret"]), {}, {}, manifest["timeout"], attached=True)
+        width = max(5, len(str(manifest["calls"] - 1)))
+        now = time.time()
+        futures = []
+        for index in range(manifest["calls"]):
+            cid = make_call_id(index, width)
+            future = ResponseFuture(keys.executor_id, keys.job_id, cid)
+            future.set_running_or_notify_cancel()
+            future.stats["invoked"] = now
+            attached.calls[cid] = _Call(future, {}, invoked_at=now)
+            attached.pending.setdefault(group_of(cid), set()).add(cid)
+            futures.append(future)
+        self._monitor.add(attached)
+        self._uncollected.extend(futures)
+        return futures
 
     # --- collecting -------------------------------------------------------------------------
 
@@ -330,7 +359,7 @@ class Executor(concurrent.futures.Executor):
                 future.set_result(serialize.loads(verify(job.secret, result_context(job.keys, future.call_id), blob)))
             elif kind == "exception":
                 future.set_exception(self._remote_exception(job, future.call_id, status.get("error") or {}))
-            elif kind in RETRYABLE and future.attempt < self.config.retries:
+            elif kind in RETRYABLE and future.attempt < self.config.retries and not job.attached:
                 self._retry(job, call)
                 return
             else:
@@ -563,6 +592,8 @@ class _Monitor:
                             f"no worker reported on call {job.keys.job_id}/{call_id} within its timeout of "
                             f"{job.timeout} s plus {grace} s: the invocation was lost or the worker hung"
                         )
+                        if job.attached:
+                            message += " (an attached job's calls are not invoked again: their arguments are gone)"
                         status = {"kind": "timeout", "error": {"type": "CallTimeoutError", "message": message}}
                         self.executor._complete(job, call, status)
 
@@ -574,5 +605,6 @@ class _Monitor:
             for job in done:
                 try:
                     self.session.delete(self.session.list(job.keys.prefix))
+                    manifests.remove(job.keys)
                 except Exception as exc:
                     self._warn(exc)

@@ -212,3 +212,39 @@ def test_lost_call_is_detected_without_hanging(pywren_config):
     assert future.result(timeout=30) == 9
     assert future.stats["attempts"] == 2
     ex.shutdown()
+
+
+CRASHING_CLIENT = """
+import os, sys, time
+import pywren_core as pw
+from pywren_core.testing import sleep_then_return
+
+ex = pw.executor({"backend": "local", "local": {"storage_dir": sys.argv[1]}}, progress=False, timeout=5)
+futures = ex.map(sleep_then_return, [0.5] * 6)
+futures[0].result()  # the workers are up and have calls in hand
+print(f"{ex.executor_id}/{futures[0].job_id} {time.time()}", flush=True)
+os._exit(3)  # the client dies with its calls running
+"""
+
+
+def test_a_job_is_collected_after_its_client_crashed(pywren_config, storage_dir, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "client.py"
+    script.write_text(CRASHING_CLIENT)
+    crashed = subprocess.run([sys.executable, str(script), storage_dir], capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 3, crashed.stderr
+    job, crashed_at = crashed.stdout.split()
+
+    from pywren_core.cli import main
+
+    assert main(["status", job]) == 0
+    ex = pw.executor(pywren_config, progress=False, lost_grace=2)
+    futures = ex.attach(job)
+    pw.wait(futures, timeout=60)
+    results = [f.exception() or f.result() for f in futures]
+    assert all(r == 0.5 or isinstance(r, CallTimeoutError) for r in results), results
+    assert results.count(0.5) >= 3, results  # the one seen before the crash, and those in workers' hands
+    assert any(f.stats["end"] > float(crashed_at) for f in futures if f.exception() is None)
+    ex.shutdown()

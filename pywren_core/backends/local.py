@@ -205,12 +205,19 @@ def worker_main(fd: int) -> None:
             return
         if batch is None:
             return
-        for payload in batch:
+        orphaned = False
+        for payload in batch:  # with the client gone, finish the batch: its results are still wanted
             try:
                 worker.handle(payload)
-                conn.send(None)
+                error = None
             except BaseException:
-                conn.send(traceback.format_exc())
+                error = traceback.format_exc()
+            try:
+                conn.send(error)
+            except OSError:
+                orphaned = True
+        if orphaned:
+            return
 
 
 @attrs.define(eq=False)
