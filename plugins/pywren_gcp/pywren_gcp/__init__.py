@@ -1,0 +1,3 @@
+"""pywren backend for Google Cloud."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,210 @@
+"""The ``gcp`` backend: Cloud Storage for job objects, a Cloud Run function (gen2) for the calls.
+
+Registered under the entry-point group ``pywren`` as ``gcp``; the core routes every ``gcp`` call
+here through a plugin manager of the backend's own, so no hook checks whom a call is for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import google.auth
+import google.auth.exceptions
+import google.auth.transport.requests
+import google.oauth2.id_token
+import google.oauth2.service_account
+
+from pywren_core.backend import BackendInfo, ConfigField, Limits
+from pywren_core.errors import AccessDeniedError, InvokeError, ThrottledError
+from pywren_core.hookspecs import hookimpl
+from pywren_gcp import deploy as deploy_module
+from pywren_gcp.invoker import Dispatcher
+from pywren_gcp.storage import GcsStore, errors_mapped, make_client
+
+SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+CONFIG = (
+    ConfigField("bucket", str, help="Cloud Storage bucket that holds the job objects"),
+    ConfigField("project", str, "", help="Google Cloud project (default: the credentials' project)"),
+    ConfigField("region", str, "us-central1", help="region of the function (and of a bucket deploy creates)"),
+    ConfigField("function_name", str, "pywren-runner", help="name of the Cloud Run function that runs the calls"),
+    ConfigField("function_url", str, "", help="the function's URL (default: looked up from the deployed function)"),
+    ConfigField("authenticated", bool, True,
+                help="send an ID token with each invocation (false for a local or public endpoint)"),
+    ConfigField("storage_endpoint", str, "",
+                help="Cloud Storage endpoint (an emulator; default: STORAGE_EMULATOR_HOST or Google's)"),
+    ConfigField("credentials_file", str, "", secret=True,
+                help="service-account key file for the client (default: Application Default Credentials)"),
+    ConfigField("invoke_token", str, "", secret=True,
+                help="a fixed bearer token for the function, instead of minting ID tokens"),
+    ConfigField("max_connections", int, 256, help="invocation requests the client holds open at once"),
+    ConfigField("calls_per_request", int, 64, help="invocations packed into one request once max_connections are open"),
+    ConfigField("accept_timeout", (int, float), 120.0, help="seconds to wait for the function to accept a request"),
+    ConfigField("function_timeout", int, 3600, help="the function's request timeout, in seconds (deploy)"),
+    ConfigField("memory", str, "2Gi", help="memory of each instance (deploy)"),
+    ConfigField("cpu", str, "1", help="vCPUs of each instance (deploy)"),
+    ConfigField("concurrency", int, 8, help="requests one instance serves at once (deploy)"),
+    ConfigField("max_instances", int, 100, help="instances the function may scale to (deploy)"),
+    ConfigField("service_account", str, "",
+                help="service account the function runs as (deploy; default: the platform's)"),
+)
+
+
+@hookimpl
+def pywren_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="gcp",
+        # 32 MB per HTTP request; a few hundred KB stay free for the envelope of a packed request.
+        limits=Limits(max_payload_bytes=32_000_000, max_runtime=3600.0, max_concurrency=1000),
+        config=CONFIG,
+        handler="pywren_gcp.handler:handler",
+        poll_interval=(0.05, 2.0),
+        storage_concurrency=32,
+        features={
+            "trigger": "HTTP (Cloud Run functions / Cloud Functions gen2), the request held open while the call runs",
+            "invocation": "one event-loop thread; bounded connections; calls packed into a request at the bound",
+            "isolation": "threads in shared instances, a working directory per call",
+        },
+    )
+
+
+class GcpSession:
+    """The clients one config needs: storage at once, the invoker and tokens on first use."""
+
+    def __init__(self, config: Mapping[str, Any], role: str):
+        self.config = dict(config)
+        self._lock = threading.Lock()
+        self._credentials: Any = None
+        self._id_credentials: Any = None
+        self._dispatcher: Dispatcher | None = None
+        credentials = None
+        if role == "client" and not self._emulated() and self.config["credentials_file"]:
+            credentials = self.credentials()
+        client = make_client(self.config["project"], self.config["storage_endpoint"], credentials)
+        self.store = GcsStore(client, self.config["bucket"])
+
+    def _emulated(self) -> bool:
+        return bool(self.config["storage_endpoint"] or os.environ.get("STORAGE_EMULATOR_HOST"))
+
+    def credentials(self) -> Any:
+        """OAuth credentials for Google's APIs: the key file if configured, else the environment's."""
+        with self._lock:
+            if self._credentials is None:
+                try:
+                    if self.config["credentials_file"]:
+                        self._credentials = google.oauth2.service_account.Credentials.from_service_account_file(
+                            self.config["credentials_file"], scopes=[SCOPE])
+                    else:
+                        self._credentials = google.auth.default(scopes=[SCOPE])[0]
+                except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+                    # The file's contents never go into the message, and neither does its path.
+                    raise AccessDeniedError(f"cannot load Google credentials ({type(exc).__name__}); check "
+                                            "gcp.credentials_file or Application Default Credentials") from None
+            return self._credentials
+
+    def api(self) -> Any:
+        """An HTTP session authorised for the Cloud Functions API."""
+        return google.auth.transport.requests.AuthorizedSession(self.credentials())
+
+    def dispatcher(self) -> Dispatcher:
+        with self._lock:
+            dispatcher = self._dispatcher
+        if dispatcher is not None:
+            return dispatcher
+        url = self.config["function_url"] or deploy_module.lookup_url(self.api(), self.config)
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = Dispatcher(
+                    url,
+                    max_connections=max(1, self.config["max_connections"]),
+                    calls_per_request=max(1, self.config["calls_per_request"]),
+                    accept_timeout=float(self.config["accept_timeout"]),
+                    hold_timeout=float(self.config["function_timeout"]) + 60.0,
+                )
+            return self._dispatcher
+
+    def authorization(self, url: str) -> str:
+        """The Authorization header for an invocation ('' when the endpoint needs none)."""
+        if not self.config["authenticated"]:
+            return ""
+        if self.config["invoke_token"]:
+            return f"Bearer {self.config['invoke_token']}"
+        audience = url.split("?", 1)[0].rstrip("/")
+        request = google.auth.transport.requests.Request()
+        with self._lock:
+            try:
+                if self._id_credentials is None:
+                    if self.config["credentials_file"]:
+                        id_credentials = google.oauth2.service_account.IDTokenCredentials
+                        self._id_credentials = id_credentials.from_service_account_file(
+                            self.config["credentials_file"], target_audience=audience)
+                    else:
+                        self._id_credentials = google.oauth2.id_token.fetch_id_token_credentials(audience, request)
+                if not self._id_credentials.valid:
+                    self._id_credentials.refresh(request)
+            except google.auth.exceptions.TransportError as exc:
+                raise ThrottledError(f"could not reach Google to mint an ID token: {type(exc).__name__}") from None
+            except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+                raise InvokeError(f"could not mint an ID token for {audience} ({type(exc).__name__}); set "
+                                  "gcp.credentials_file to a service-account key, or gcp.invoke_token") from None
+            return f"Bearer {self._id_credentials.token}"
+
+    def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+        self.store.close()
+
+
+@hookimpl
+def pywren_connect(config: Mapping[str, Any], role: str) -> GcpSession:
+    return GcpSession(config, role)
+
+
+@hookimpl
+def pywren_storage_put(session: GcpSession, key: str, data: bytes) -> None:
+    session.store.put(key, data)
+
+
+@hookimpl
+def pywren_storage_get(session: GcpSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    return session.store.get(key, byte_range)
+
+
+@hookimpl
+def pywren_storage_list(session: GcpSession, prefix: str) -> list[str]:
+    return session.store.list(prefix)
+
+
+@hookimpl
+def pywren_storage_delete(session: GcpSession, keys: Sequence[str]) -> None:
+    session.store.delete(keys)
+
+
+@hookimpl
+def pywren_invoke(session: GcpSession, payload: Mapping[str, Any]) -> None:
+    dispatcher = session.dispatcher()
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    dispatcher.invoke(body, session.authorization(dispatcher.url))
+
+
+@hookimpl
+def pywren_deploy(session: GcpSession, config: Mapping[str, Any]) -> str:
+    bucket = session.store.bucket
+    with errors_mapped(f"creating gs://{bucket.name}"):
+        if not bucket.exists():
+            session.store.client.create_bucket(bucket, location=config["region"])
+    return deploy_module.deploy(session.api(), config)
+
+
+@hookimpl
+def pywren_remove(session: GcpSession, config: Mapping[str, Any]) -> str:
+    return deploy_module.remove(session.api(), config)
+
+
+@hookimpl
+def pywren_close(session: GcpSession) -> None:
+    session.close()

@@ -1,0 +1,167 @@
+"""Job objects in Cloud Storage, through google-cloud-storage, with its errors mapped to pywren's.
+
+Transport failures (a reset connection, a read timeout) are retried inside the SDK, because they say
+nothing about the service's load. HTTP 408/429/5xx become :class:`~pywren_core.errors.ThrottledError`
+so the core's backoff handles them once, instead of two retry loops stacked on each other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import google.auth.exceptions
+import requests
+from google.api_core import exceptions as google_exceptions
+from google.api_core.retry import Retry
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
+
+#: Sub-requests per batch request: the Cloud Storage JSON API accepts at most 100.
+BATCH_SIZE = 100
+#: Connections each client keeps to the storage endpoint; requests' default of 10 would make the
+#: executor's 32 concurrent status reads, or a worker's concurrent calls, open and drop sockets.
+POOL_SIZE = 64
+TIMEOUT = (30.0, 120.0)  # (connect, read) seconds per request
+
+
+def _transport_error(exc: Exception) -> bool:
+    return isinstance(exc, (ConnectionError, requests.ConnectionError, requests.Timeout,
+                            requests.exceptions.ChunkedEncodingError))
+
+
+#: Retries transport failures only; status codes are left to the mapping below.
+TRANSPORT_RETRY: Retry = DEFAULT_RETRY.with_predicate(_transport_error).with_timeout(120.0)
+
+
+def make_client(project: str, endpoint: str, credentials: Credentials | None) -> storage.Client:
+    """A storage client for ``endpoint`` (an emulator, or Google's when empty).
+
+    An explicit endpoint or ``STORAGE_EMULATOR_HOST`` means an emulator: anonymous credentials, and
+    the project is only a label. Otherwise ``credentials`` (None: Application Default Credentials).
+    """
+    endpoint = endpoint or os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if endpoint:
+        client = storage.Client(project=project or "pywren-local", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": endpoint})
+    else:
+        client = storage.Client(project=project or None, credentials=credentials)
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    client._http.mount("https://", adapter)
+    client._http.mount("http://", adapter)
+    return client
+
+
+def mapped_error(exc: google_exceptions.GoogleAPICallError, what: str) -> Exception:
+    """The pywren error for an SDK error. The message names the operation and the status, not
+    the request (whose headers carry the credentials)."""
+    code = exc.code or 0
+    message = f"{what}: HTTP {code} {getattr(exc, 'message', '') or type(exc).__name__}"
+    if code == 404:
+        return NotFoundError(message)
+    if code in (401, 403):
+        return AccessDeniedError(message)
+    if code in (408, 429) or code >= 500:
+        return ThrottledError(message)
+    return StorageError(message)
+
+
+@contextmanager
+def errors_mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except google_exceptions.GoogleAPICallError as exc:
+        raise mapped_error(exc, what) from None
+    except (requests.RequestException, ConnectionError, google.auth.exceptions.TransportError) as exc:
+        raise ThrottledError(f"{what}: {type(exc).__name__}") from None
+    except google.auth.exceptions.GoogleAuthError as exc:  # the credentials were refused or cannot refresh
+        raise AccessDeniedError(f"{what}: {type(exc).__name__} while authenticating") from None
+
+
+class GcsStore:
+    """The four storage operations on one bucket."""
+
+    def __init__(self, client: storage.Client, bucket: str):
+        self.client = client
+        self.bucket = client.bucket(bucket)
+        self.batch_supported = True
+        self._pool: ThreadPoolExecutor | None = None
+
+    def put(self, key: str, data: bytes) -> None:
+        # The SDK sends up to 8 MiB in one multipart request and larger objects as a resumable upload.
+        # Either is atomic: the object appears when the upload completes.
+        with errors_mapped(f"put gs://{self.bucket.name}/{key}"):
+            self.bucket.blob(key).upload_from_string(
+                data, content_type="application/octet-stream", timeout=TIMEOUT, retry=TRANSPORT_RETRY
+            )
+
+    def get(self, key: str, byte_range: tuple[int, int] | None) -> bytes:
+        blob = self.bucket.blob(key)
+        with errors_mapped(f"get gs://{self.bucket.name}/{key}"):
+            if byte_range is None:
+                return blob.download_as_bytes(timeout=TIMEOUT, retry=TRANSPORT_RETRY)
+            start, end = byte_range
+            if end <= start:
+                blob.reload(timeout=TIMEOUT, retry=TRANSPORT_RETRY)  # still NotFoundError for a missing key
+                return b""
+            try:
+                # The hook's range is half-open [start, end); the SDK's end is inclusive.
+                return blob.download_as_bytes(start=start, end=end - 1, timeout=TIMEOUT, retry=TRANSPORT_RETRY)
+            except google_exceptions.RequestRangeNotSatisfiable:
+                return b""  # the object exists but ends before ``start``: slicing semantics
+
+    def list(self, prefix: str) -> list[str]:
+        with errors_mapped(f"list gs://{self.bucket.name}/{prefix}"):
+            blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=1000,
+                                           fields="items(name),nextPageToken", timeout=TIMEOUT,
+                                           retry=TRANSPORT_RETRY)
+            return [blob.name for blob in blobs]  # the iterator follows every page
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), BATCH_SIZE):
+            group = list(keys[start : start + BATCH_SIZE])
+            if not (self.batch_supported and self._delete_batch(group)):
+                self._each(self._delete_one, group)
+
+    def _delete_batch(self, keys: list[str]) -> bool:
+        """One batch request for ``keys``; False when the endpoint has no batch API (fake-gcs-server)."""
+        batch = self.client.batch(raise_exception=False)
+        with errors_mapped(f"delete {len(keys)} objects from gs://{self.bucket.name}"):
+            try:
+                with batch:
+                    for key in keys:
+                        self.bucket.delete_blob(key, timeout=TIMEOUT)
+            except (ValueError, google_exceptions.NotFound):  # "not multi-part", or no such endpoint
+                self.batch_supported = False
+                return False
+        responses = zip(keys, batch._responses, strict=True)
+        failed = [(key, r) for key, r in responses if r.status_code >= 300 and r.status_code != 404]
+        if failed:
+            key, response = failed[0]
+            raise mapped_error(google_exceptions.from_http_response(response),
+                               f"delete gs://{self.bucket.name}/{key} ({len(failed)} of {len(keys)} failed)")
+        return True
+
+    def _delete_one(self, key: str) -> None:
+        with errors_mapped(f"delete gs://{self.bucket.name}/{key}"):
+            try:
+                self.bucket.delete_blob(key, timeout=TIMEOUT, retry=TRANSPORT_RETRY)
+            except google_exceptions.NotFound:
+                pass  # deleting is idempotent
+
+    def _each(self, operation: Callable[[str], Any], keys: list[str]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(16, thread_name_prefix="pywren-gcs-delete")
+        for _ in self._pool.map(operation, keys):
+            pass
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self.client.close()

@@ -1,0 +1,78 @@
+"""Fixtures: fake-gcs-server and functions-framework, started once per test session on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pywren_core import plugins
+from pywren_gcp.deploy import build_package
+
+from servers import BUCKET, Service, start_fake_gcs, start_function, unpack_package
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No user config file, PYWREN_* or emulator variable from the machine leaks into a test."""
+    for var in list(os.environ):
+        if var.startswith("PYWREN_") or var == "STORAGE_EMULATOR_HOST":
+            monkeypatch.delenv(var)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(log_dir: Path) -> Iterator[tuple[Service, str]]:
+    service, url = start_fake_gcs(log_dir)
+    yield service, url
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def storage_url(fake_gcs: tuple[Service, str]) -> str:
+    return fake_gcs[1]
+
+
+@pytest.fixture(scope="session")
+def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The deploy package, unpacked: the functions-framework below serves its main.py."""
+    directory = tmp_path_factory.mktemp("package")
+    unpack_package(build_package(), directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def function(log_dir: Path, package_dir: Path, storage_url: str) -> Iterator[tuple[Service, str]]:
+    service, url = start_function(log_dir, package_dir / "main.py", storage_url)
+    yield service, url
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def function_url(function: tuple[Service, str]) -> str:
+    return function[1]
+
+
+def gcp_config(storage_url: str, function_url: str, **settings: Any) -> dict[str, Any]:
+    section = {"bucket": BUCKET, "project": "pywren-test", "storage_endpoint": storage_url,
+               "function_url": function_url, "authenticated": False, **settings}
+    return {"backend": "gcp", "gcp": section}
+
+
+@pytest.fixture
+def pywren_config(storage_url: str, function_url: str) -> dict[str, Any]:
+    return gcp_config(storage_url, function_url)
+
