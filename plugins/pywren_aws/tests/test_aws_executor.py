@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pywren_core as pw
 from pywren_core.errors import CallTimeoutError, InvokeError
-from pywren_core.testing import ExecutorConformance, sleep_then_return, square
+from pywren_core.testing import ExecutorConformance, FaultConformance, sleep_then_return, square
 
 import aws_services
 from conftest import PLANTED
@@ -100,3 +100,11 @@ def test_no_credential_travels_or_is_stored(pywren_config: dict[str, Any], lambd
         leaks = [h[:200] for h in haystacks if secret.encode() in h]
         assert not leaks, f"{name} found in {leaks}"
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+
+
+class TestLambdaFaults(FaultConformance):
+    """The core's fault suite (dropped and throttled invocations, storage errors, dying workers,
+    corrupted reads) through boto3, the Lambda stand-in and moto."""
+
+    fault_calls = 200
+    lost_grace = 20.0

@@ -13,7 +13,7 @@ from conftest import HOST_CONCURRENCY, QUEUE, Azurite, FunctionsHost
 
 import pywren_core as pw
 from pywren_core.errors import InvokeError
-from pywren_core.testing import ExecutorConformance
+from pywren_core.testing import ExecutorConformance, FaultConformance
 
 BURST = 1000
 
@@ -24,6 +24,16 @@ def noop(x: int) -> int:
 
 class TestQueueTrigger(ExecutorConformance):
     map_size = 200
+
+    @pytest.fixture
+    def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": "azure", "azure": queue_section}
+
+
+class TestQueueTriggerFaults(FaultConformance):
+    """The core's fault suite through the queue trigger, the test host and Azurite."""
+
+    fault_calls = 200
 
     @pytest.fixture
     def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pywren_core as pw
-from pywren_core.testing import ExecutorConformance, sleep_then_return
+from pywren_core.testing import ExecutorConformance, FaultConformance, sleep_then_return
 
 from conftest import gcp_config
 
@@ -49,3 +49,10 @@ def test_calls_waiting_too_long_for_a_connection_are_withdrawn_then_reinvoked(st
         stats = ex.session.handle.dispatcher().stats
     assert stats.invocations == stats.requests == 3
     assert sum(f.stats["invoke_retries"] for f in futures) > 0
+
+
+class TestGcpFaults(FaultConformance):
+    """The core's fault suite through the plugin, functions-framework and fake-gcs-server."""
+
+    fault_calls = 200
+    lost_grace = 10.0
