@@ -60,8 +60,10 @@ def compare(repeats, ours, base, *args):
     return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
-def standard(repeats: int) -> None:
-    ex = pw.executor(backend="local", progress=False, local={"workers": WORKERS})  # default storage dir
+def standard(repeats: int, storage_dir: str | None) -> None:
+    local = {"workers": WORKERS, **({"storage_dir": storage_dir} if storage_dir else {})}
+    ex = pw.executor(backend="local", progress=False, local=local)
+    print(f"storage: {ex.section['storage_dir']}")
     pool = concurrent.futures.ProcessPoolExecutor(WORKERS)
     run_pywren(ex, noop, 50)  # warm both: processes started, modules imported
     run_pool(pool, noop, 50)
@@ -135,5 +137,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", action="store_true", help="run the 10k-100k scaling study instead")
+    parser.add_argument("--storage-dir", help="where the local backend keeps objects (default: its own default)")
     args = parser.parse_args()
-    scale() if args.scale else standard(args.repeats)
+    scale() if args.scale else standard(args.repeats, args.storage_dir)

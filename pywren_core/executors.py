@@ -69,6 +69,8 @@ RESULT_INLINE_MAX = 64 * 1024
 RETRYABLE = {"died": WorkerDiedError, "timeout": CallTimeoutError, "error": CallFailedError}
 _FAILURES = {**RETRYABLE, "refused": VersionMismatchError}
 _CALL_OVERHEAD = 96  # JSON bytes around one call's entry in a payload
+#: The pause after a round of polling is at least this many times the round's own duration.
+POLL_COST_FACTOR = 4.0
 
 
 @attrs.define(eq=False)
@@ -493,6 +495,7 @@ class _Monitor:
         self._wakeup = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._cleaner = concurrent.futures.ThreadPoolExecutor(1, "pywren-cleanup")
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
         if executor.info.storage_concurrency > 1:
             self._io = concurrent.futures.ThreadPoolExecutor(executor.info.storage_concurrency, "pywren-io")
@@ -510,6 +513,8 @@ class _Monitor:
         self._wakeup.set()
         if wait and self._thread is not None:
             self._thread.join()
+            self._retire_done_jobs()
+        self._cleaner.shutdown(wait=wait)
         if self._io is not None:
             self._io.shutdown(wait=wait)
 
@@ -522,16 +527,20 @@ class _Monitor:
         last_check = time.monotonic()
         while not self._stopped:
             self._wakeup.clear()
+            started = time.monotonic()
             try:
                 progressed = self._poll()
             except Exception as exc:  # storage trouble: keep polling, the calls still count down to their deadline
                 progressed = False
                 self._warn(exc)
+            poll_cost = time.monotonic() - started
             if time.monotonic() - last_check > 1.0:
                 self._check_deadlines()
                 last_check = time.monotonic()
             self._retire_done_jobs()
             interval = self.min_interval if progressed else min(self.max_interval, interval * 1.5)
+            # Polling must not starve the calls it waits for: at most a fifth of the time goes to it.
+            interval = max(interval, POLL_COST_FACTOR * poll_cost)
             with self._lock:
                 idle = not self.jobs
             self._wakeup.wait(None if idle else interval)
@@ -602,9 +611,12 @@ class _Monitor:
             done = [job for job in self.jobs if not any(job.pending.values())]
             self.jobs = [job for job in self.jobs if any(job.pending.values())]
         if self.executor.config.cleanup:
-            for job in done:
-                try:
-                    self.session.delete(self.session.list(job.keys.prefix))
-                    manifests.remove(job.keys)
-                except Exception as exc:
-                    self._warn(exc)
+            for job in done:  # off the polling thread: deleting thousands of objects takes a while
+                self._cleaner.submit(self._clean, job)
+
+    def _clean(self, job: _Job) -> None:
+        try:
+            self.session.delete(self.session.list(job.keys.prefix))
+            manifests.remove(job.keys)
+        except Exception as exc:
+            self._warn(exc)

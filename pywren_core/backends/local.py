@@ -53,7 +53,7 @@ def pywren_backend_info() -> BackendInfo:
             ConfigField("workers", int, 0, help="worker processes; 0 means one per CPU"),
         ),
         handler="pywren_core.backends.local:worker_main",
-        poll_interval=(0.002, 0.1),
+        poll_interval=(0.002, 0.02),  # listing a local folder is cheap; a long pause only adds latency
         storage_concurrency=1,
         features={"trigger": "process pool", "isolation": "warm processes, a working directory per call"},
     )
@@ -197,7 +197,10 @@ def worker_main(fd: int) -> None:
         plugins.load_backend("local")
     except Exception:  # a broken wrapper plugin: the first payload will report it
         pass
-    conn.send("ready")  # timeouts count from here, not from a slow interpreter start
+    try:
+        conn.send("ready")  # timeouts count from here, not from a slow interpreter start
+    except OSError:  # the client is gone already
+        return
     while True:
         try:
             batch = conn.recv()
