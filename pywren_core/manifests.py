@@ -29,10 +29,16 @@ def _path(keys: JobKeys) -> Path:
 
 def write(keys: JobKeys, secret: bytes, calls: int, backend: str, timeout: float) -> None:
     path = _path(keys)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     record = {"executor_id": keys.executor_id, "job_id": keys.job_id, "calls": calls, "backend": backend,
               "timeout": timeout, "secret": secret.hex()}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the secret: owner only
+    for attempt in range(3):  # the cleanup of this executor's last job may remove the folder meanwhile
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the secret: owner only
+            break
+        except (FileExistsError, FileNotFoundError):
+            if attempt == 2:
+                raise
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
 
