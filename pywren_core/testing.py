@@ -360,3 +360,33 @@ class FaultConformance:
                 assert f.result() == i * i
             else:
                 assert isinstance(f.exception(), SignatureError), repr(f.exception())
+
+
+class BenchConformance:
+    """The ``pywren bench`` standard suite on the backend, with small parameters: every workload
+    runs (or says why it was skipped), every call succeeds, and the run file is valid."""
+
+    bench_params: dict[str, dict[str, Any]] = {
+        "latency": {"burst": 4, "sequential": 3},
+        "scaleout": {"calls": 4, "sleep": 0.5},
+        "storage": {"calls": 2, "megabytes": 0.25},
+        "compute": {"calls": 2, "n": 64, "loops": 1},
+        "throughput": {"calls": 20},
+    }
+
+    def test_standard_suite_runs(self, pywren_config: dict[str, Any], tmp_path: Any) -> None:
+        from pywren_core.bench import results, workloads
+
+        ex = pw.executor(pywren_config, progress=False)
+        try:
+            entries = workloads.run_suite(ex, "standard", "laptop", self.bench_params)
+        finally:
+            ex.shutdown()
+        assert set(entries) == set(workloads.SUITES["standard"])
+        for name, entry in entries.items():
+            failed = [c for c in entry["calls"] if not c["ok"]]
+            assert not failed, f"{name}: {failed[0]['error']}"
+            assert entry["skipped"] or entry["calls"], name
+        run = results.new_run(ex, "standard", "laptop", entries)
+        results.save(run, tmp_path / "run.json")
+        results.validate(results.load(tmp_path / "run.json"))

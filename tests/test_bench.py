@@ -12,6 +12,7 @@ import pytest
 import pywren_core as pw
 from pywren_core.bench import report, results, workloads
 from pywren_core.cli import main
+from pywren_core.testing import BenchConformance
 
 SHORT = {
     "latency": {"burst": 2, "sequential": 3},
@@ -177,3 +178,7 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+class TestLocalBench(BenchConformance):
+    """The same suite each plugin runs against its emulators (pywren_core.testing.BenchConformance)."""

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import pywren_core as pw
 from pywren_core.errors import CallTimeoutError, InvokeError
-from pywren_core.testing import ExecutorConformance, FaultConformance, sleep_then_return, square
+from pywren_core.testing import (
+    BenchConformance,
+    ExecutorConformance,
+    FaultConformance,
+    sleep_then_return,
+    square,
+)
 
 import aws_services
 from conftest import PLANTED
@@ -108,3 +114,7 @@ class TestLambdaFaults(FaultConformance):
 
     fault_calls = 200
     lost_grace = 20.0
+
+
+class TestLambdaBench(BenchConformance):
+    """``pywren bench``'s standard suite, small, through the Lambda stand-in and moto."""

@@ -13,7 +13,7 @@ from conftest import HOST_CONCURRENCY, QUEUE, Azurite, FunctionsHost
 
 import pywren_core as pw
 from pywren_core.errors import InvokeError
-from pywren_core.testing import ExecutorConformance, FaultConformance
+from pywren_core.testing import BenchConformance, ExecutorConformance, FaultConformance
 
 BURST = 1000
 
@@ -34,6 +34,14 @@ class TestQueueTriggerFaults(FaultConformance):
     """The core's fault suite through the queue trigger, the test host and Azurite."""
 
     fault_calls = 200
+
+    @pytest.fixture
+    def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": "azure", "azure": queue_section}
+
+
+class TestQueueTriggerBench(BenchConformance):
+    """``pywren bench``'s standard suite, small, through the queue trigger and Azurite."""
 
     @pytest.fixture
     def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:

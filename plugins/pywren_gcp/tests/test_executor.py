@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pywren_core as pw
-from pywren_core.testing import ExecutorConformance, FaultConformance, sleep_then_return
+from pywren_core.testing import BenchConformance, ExecutorConformance, FaultConformance, sleep_then_return
 
 from conftest import gcp_config
 
@@ -56,3 +56,7 @@ class TestGcpFaults(FaultConformance):
 
     fault_calls = 200
     lost_grace = 10.0
+
+
+class TestGcpBench(BenchConformance):
+    """``pywren bench``'s standard suite, small, through functions-framework and fake-gcs-server."""
