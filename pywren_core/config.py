@@ -49,6 +49,10 @@ class Config:
     lost_grace: float = _setting(
         30.0, (int, float), "seconds past the timeout, with no progress at all, before a silent call counts as lost"
     )
+    speculative: bool = _setting(False, bool, "back up straggling calls once half of a job is done")
+    speculative_factor: float = _setting(
+        3.0, (int, float), "a call is a straggler after this many times the median call's duration"
+    )
     faults: Mapping[str, Any] = _setting({}, dict, "fault injection (off unless set; see pywren_core.faults)")
     #: Raw sections for backends, by name (validated per backend by :meth:`backend_section`).
     sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)

@@ -14,6 +14,7 @@ import concurrent.futures
 import itertools
 import json
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -78,6 +79,8 @@ class _Call:
     future: ResponseFuture
     args: dict[str, Any]
     invoked_at: float | None = None
+    #: Attempts that may still report: one, or two while a speculative backup races the original.
+    live: set[int] = attrs.field(factory=lambda: {0})
 
 
 @attrs.define(eq=False)
@@ -91,6 +94,8 @@ class _Job:
     last_progress: float = attrs.field(factory=time.time)
     #: Collected by a new client (``Executor.attach``): arguments unknown, so never invoked again.
     attached: bool = False
+    #: Seconds from invocation to completion of the calls done so far, for speculation.
+    durations: list[float] = attrs.field(factory=list)
 
     def payload(self, calls: Sequence[_Call]) -> dict[str, Any]:
         entries = [{"call_id": c.future.call_id, "attempt": c.future.attempt, "args": c.args} for c in calls]
@@ -352,6 +357,10 @@ class Executor(concurrent.futures.Executor):
     def _complete(self, job: _Job, call: _Call, status: dict[str, Any]) -> None:
         future = call.future
         kind = status.get("kind")
+        attempt = status.get("attempt")
+        if kind not in ("success", "exception") and attempt is not None and call.live - {attempt}:
+            call.live.discard(attempt)  # the other attempt of this call may still answer
+            return
         future.stats.update(status.get("stats") or {})
         future.stats["done"] = time.time()
         future.stdout, future.stderr = status.get("stdout", ""), status.get("stderr", "")
@@ -359,6 +368,7 @@ class Executor(concurrent.futures.Executor):
             if kind == "success":
                 blob = unb64(status["result"]) if "result" in status else self.session.get(status["result_key"])
                 future.set_result(serialize.loads(verify(job.secret, result_context(job.keys, future.call_id), blob)))
+                job.durations.append(future.stats["done"] - future.stats.get("invoked", future.stats["done"]))
             elif kind == "exception":
                 future.set_exception(self._remote_exception(job, future.call_id, status.get("error") or {}))
             elif kind in RETRYABLE and future.attempt < self.config.retries and not job.attached:
@@ -396,10 +406,12 @@ class Executor(concurrent.futures.Executor):
         exc.__cause__ = RemoteTraceback(error.get("traceback", ""))
         return exc
 
-    def _retry(self, job: _Job, call: _Call) -> None:
+    def _retry(self, job: _Job, call: _Call, *, keep_running: bool = False) -> None:
+        """Invoke the call again; ``keep_running`` leaves the running attempt free to win the race."""
         future = call.future
         future.attempt += 1
         future.stats["attempts"] = future.attempt + 1
+        call.live = (call.live if keep_running else set()) | {future.attempt}
         call.invoked_at = None
         self._invoker.submit(job.payload([call]), [call])
 
@@ -563,7 +575,7 @@ class _Monitor:
                     if parsed is None or parsed[0] not in pending:
                         continue
                     call = job.calls[parsed[0]]
-                    if parsed[1] == call.future.attempt and not call.future.cancelled():
+                    if parsed[1] in call.live and not call.future.cancelled():
                         found.append((job, call, key))
         if not found:
             return False
@@ -588,6 +600,8 @@ class _Monitor:
         with self._lock:
             jobs = list(self.jobs)
         for job in jobs:
+            if self.executor.config.speculative:
+                self._speculate(job, now)
             for pending in list(job.pending.values()):
                 for call_id in list(pending):
                     call = job.calls[call_id]
@@ -605,6 +619,19 @@ class _Monitor:
                             message += " (an attached job's calls are not invoked again: their arguments are gone)"
                         status = {"kind": "timeout", "error": {"type": "CallTimeoutError", "message": message}}
                         self.executor._complete(job, call, status)
+
+    def _speculate(self, job: _Job, now: float) -> None:
+        """Back up stragglers: once half of the job is done, a call running longer than
+        ``speculative_factor`` times the median call is invoked once more; the first answer wins."""
+        if job.attached or len(job.durations) < max(3, len(job.calls) // 2):
+            return
+        limit = self.executor.config.speculative_factor * statistics.median(job.durations)
+        for pending in list(job.pending.values()):
+            for call_id in list(pending):
+                call = job.calls[call_id]
+                if len(call.live) == 1 and call.invoked_at is not None and now - call.invoked_at > limit:
+                    call.future.stats["speculated"] = True
+                    self.executor._retry(job, call, keep_running=True)
 
     def _retire_done_jobs(self) -> None:
         with self._lock:

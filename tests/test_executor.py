@@ -248,3 +248,30 @@ def test_a_job_is_collected_after_its_client_crashed(pywren_config, storage_dir,
     assert results.count(0.5) >= 3, results  # the one seen before the crash, and those in workers' hands
     assert any(f.stats["end"] > float(crashed_at) for f in futures if f.exception() is None)
     ex.shutdown()
+
+
+def straggle_on_first_attempt(x):
+    from pywren_core.worker import current_call
+
+    if x == 7 and current_call().attempt == 0:
+        time.sleep(6)
+    time.sleep(0.05)
+    return x * 2
+
+
+def test_speculative_backup_beats_a_straggler(pywren_config):
+    ex = pw.executor(pywren_config, progress=False, speculative=True, speculative_factor=3)
+    started = time.monotonic()
+    futures = ex.map(straggle_on_first_attempt, range(12))
+    assert ex.get_result(futures, timeout=60) == [x * 2 for x in range(12)]
+    assert time.monotonic() - started < 5.5  # the backup answered before the straggler woke up
+    assert futures[7].stats["speculated"] and futures[7].stats["attempts"] == 2
+    # Calls queued behind the straggler on its worker may be backed up too; the quick ones are not.
+    assert not any(f.stats.get("speculated") for f in futures[:4])
+    ex.shutdown(wait=False)
+
+
+def test_speculation_is_off_by_default(ex):
+    futures = ex.map(straggle_on_first_attempt, [7, 1, 2, 3])
+    assert ex.get_result(futures, timeout=60) == [14, 2, 4, 6]
+    assert futures[0].stats["attempts"] == 1
