@@ -61,6 +61,9 @@ def test_burst_completes_with_nothing_lost(section: str, request: pytest.Fixture
                                            functions_host: FunctionsHost, azurite: Azurite) -> None:
     """1,000 calls at once against a host that runs at most HOST_CONCURRENCY invocations."""
     config = {"backend": "azure", "azure": request.getfixturevalue(section)}
+    queue = QueueClient.from_connection_string(azurite.connection_string, QUEUE)
+    # Messages of earlier tests' crashed workers stay invisible until their visibility timeout.
+    before = queue.get_queue_properties().approximate_message_count
     with pw.executor(config, progress=False, retries=0) as ex:
         futures = ex.map(noop, range(BURST))
         assert ex.get_result(futures, timeout=600) == list(range(BURST))
@@ -68,11 +71,10 @@ def test_burst_completes_with_nothing_lost(section: str, request: pytest.Fixture
     status = functions_host.status()
     assert status["max_running"] <= HOST_CONCURRENCY
     # The host deletes a message after its function returned, a moment after the status was written.
-    queue = QueueClient.from_connection_string(azurite.connection_string, QUEUE)
     give_up = time.monotonic() + 60
-    while queue.get_queue_properties().approximate_message_count and time.monotonic() < give_up:
+    while queue.get_queue_properties().approximate_message_count > before and time.monotonic() < give_up:
         time.sleep(0.5)
-    assert queue.get_queue_properties().approximate_message_count == 0
+    assert queue.get_queue_properties().approximate_message_count <= before
 
 
 def test_http_trigger_requires_the_function_key(functions_host: FunctionsHost) -> None:
