@@ -206,7 +206,7 @@ class ExecutorConformance:
     def executor(self, pywren_config: dict[str, Any]) -> Iterator[pw.Executor]:
         ex = pw.executor(pywren_config, progress=False)
         yield ex
-        ex.shutdown(wait=False)
+        ex.shutdown()  # waits, cleans up, and closes the session (the pywren_close hook)
 
     def short_executor(self, pywren_config: dict[str, Any], **overrides: Any) -> pw.Executor:
         settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, **overrides}

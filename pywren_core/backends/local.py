@@ -115,14 +115,15 @@ def pywren_storage_get(session: LocalSession, key: str, byte_range: tuple[int, i
         raise NotFoundError(f"no object at key {key!r}") from None
 
 
-def _walk(directory: str, key_prefix: str) -> list[str]:
-    keys = []
+def _walk(directory: str, key_prefix: str, start: str = "") -> list[str]:
+    """Keys of every file below ``directory`` whose name at this level starts with ``start``."""
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
-        return keys
+        return []
+    keys = []
     for entry in entries:
-        if entry.name.startswith(_TMP_PREFIX):
+        if not entry.name.startswith(start) or entry.name.startswith(_TMP_PREFIX):
             continue
         if entry.is_dir(follow_symlinks=False):
             keys.extend(_walk(entry.path, f"{key_prefix}{entry.name}/"))
@@ -137,20 +138,7 @@ def pywren_storage_list(session: LocalSession, prefix: str) -> list[str]:
     if folder and "" in folder.split("/"):
         return []  # no valid key has an empty path segment
     directory = os.path.join(session.root, *folder.split("/")) if folder else session.root
-    base = f"{folder}/" if folder else ""
-    keys = []
-    try:
-        entries = list(os.scandir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return keys
-    for entry in entries:
-        if not entry.name.startswith(start) or entry.name.startswith(_TMP_PREFIX):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            keys.extend(_walk(entry.path, f"{base}{entry.name}/"))
-        else:
-            keys.append(base + entry.name)
-    return keys
+    return _walk(directory, f"{folder}/" if folder else "", start)
 
 
 @hookimpl
