@@ -524,11 +524,8 @@ class _Monitor:
         self._stopped = True
         self._wakeup.set()
         if wait and self._thread is not None:
-            self._thread.join()
-            self._retire_done_jobs()
-        self._cleaner.shutdown(wait=wait)
-        if self._io is not None:
-            self._io.shutdown(wait=wait)
+            self._thread.join()  # its last acts: hand finished jobs to the cleaner, shut its pools
+            self._cleaner.shutdown(wait=True)
 
     def finished(self, job: _Job, call: _Call) -> None:
         job.pending.get(group_of(call.future.call_id), set()).discard(call.future.call_id)
@@ -556,6 +553,11 @@ class _Monitor:
             with self._lock:
                 idle = not self.jobs
             self._wakeup.wait(None if idle else interval)
+        self._retire_done_jobs()
+        # Here, not in stop(): until now this thread may still be using them.
+        self._cleaner.shutdown(wait=False)
+        if self._io is not None:
+            self._io.shutdown(wait=False)
 
     def _warn(self, exc: Exception) -> None:
         import logging
