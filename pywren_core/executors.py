@@ -70,7 +70,7 @@ RESULT_INLINE_MAX = 64 * 1024
 RETRYABLE = {"died": WorkerDiedError, "timeout": CallTimeoutError, "error": CallFailedError}
 _FAILURES = {**RETRYABLE, "refused": VersionMismatchError}
 _CALL_OVERHEAD = 96  # JSON bytes around one call's entry in a payload
-#: The pause after a round of polling is at least this many times the round's own duration.
+#: The pause after a round of polling is at least this many times the round's listing took.
 POLL_COST_FACTOR = 4.0
 
 
@@ -536,20 +536,18 @@ class _Monitor:
         last_check = time.monotonic()
         while not self._stopped:
             self._wakeup.clear()
-            started = time.monotonic()
             try:
-                progressed = self._poll()
+                progressed, listing = self._poll()
             except Exception as exc:  # storage trouble: keep polling, the calls still count down to their deadline
-                progressed = False
+                progressed, listing = False, 0.0
                 self._warn(exc)
-            poll_cost = time.monotonic() - started
             if time.monotonic() - last_check > 1.0:
                 self._check_deadlines()
                 last_check = time.monotonic()
             self._retire_done_jobs()
             interval = self.min_interval if progressed else min(self.max_interval, interval * 1.5)
-            # Polling must not starve the calls it waits for: at most a fifth of the time goes to it.
-            interval = max(interval, POLL_COST_FACTOR * poll_cost)
+            # Listing must not starve the calls it waits for: at most a fifth of the time goes to it.
+            interval = max(interval, POLL_COST_FACTOR * listing)
             with self._lock:
                 idle = not self.jobs
             self._wakeup.wait(None if idle else interval)
@@ -564,9 +562,11 @@ class _Monitor:
 
         logging.getLogger("pywren_core").warning("polling for results failed (will retry): %s", exc)
 
-    def _poll(self) -> bool:
+    def _poll(self) -> tuple[bool, float]:
+        """Complete the calls whose status appeared; return whether any did, and the listing's cost."""
         with self._lock:
             jobs = list(self.jobs)
+        listing_started = time.monotonic()
         found: list[tuple[_Job, _Call, str]] = []
         for job in jobs:
             for group, pending in list(job.pending.items()):
@@ -579,14 +579,15 @@ class _Monitor:
                     call = job.calls[parsed[0]]
                     if parsed[1] in call.live and not call.future.cancelled():
                         found.append((job, call, key))
+        listing = time.monotonic() - listing_started
         if not found:
-            return False
+            return False, listing
         parallel = self._io is not None and len(found) > 1
         statuses = self._io.map(self._fetch, found) if parallel else map(self._fetch, found)  # type: ignore[union-attr]
         for (job, call, _), status in zip(found, statuses, strict=True):
             if status is not None:
                 self.executor._complete(job, call, status)
-        return True
+        return True, listing
 
     def _fetch(self, item: tuple[_Job, _Call, str]) -> dict[str, Any] | None:
         """A status record, or None when it cannot be read now (it is read again next round)."""
