@@ -81,3 +81,26 @@ def test_access_denied_is_permission_error(moto_with_auth: aws_services.Service,
 def test_error_codes_map_to_core_errors(code: str, status: int, expected: type) -> None:
     error = from_code(code, status, "message")
     assert type(error) is expected
+
+
+def test_missing_bucket_is_named_before_anything_is_invoked(pywren_config: dict[str, Any]) -> None:
+    import pywren_core as pw
+
+    config = {**pywren_config, "aws": {**pywren_config["aws"], "bucket": "no-such-pywren-bucket"}}
+    ex = pw.executor(config, progress=False)
+    with pytest.raises(StorageError, match=r"s3://no-such-pywren-bucket/.*NoSuchBucket"):
+        ex.map(abs, [1, 2])
+    ex.shutdown(wait=False)
+
+
+def test_missing_credentials_say_where_boto3_looked(pywren_config: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import pywren_core as pw
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role lookup from a test
+    ex = pw.executor(pywren_config, progress=False)
+    with pytest.raises(AccessDeniedError, match=r"no AWS credentials found.*environment, ~/.aws/credentials"):
+        ex.map(abs, [1])
+    ex.shutdown(wait=False)
