@@ -83,7 +83,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     workers = {f.stats.get("worker_id") for f in futures}
     print(
         f"{len(results)} calls on backend {ex.info.name!r} in {time.monotonic() - start:.2f} s "
-        f"on {len(workers)} workers; first results: {results[:3]}"
+        f"on {len(workers)} worker{'s' if len(workers) != 1 else ''}; first results: {results[:3]}"
     )
     return 0
 
