@@ -22,30 +22,26 @@ def noop(x: int) -> int:
     return x
 
 
-class TestQueueTrigger(ExecutorConformance):
-    map_size = 200
+class QueueTrigger:
+    """The conformance classes below run through the queue trigger."""
 
     @pytest.fixture
     def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:
         return {"backend": "azure", "azure": queue_section}
 
 
-class TestQueueTriggerFaults(FaultConformance):
+class TestQueueTrigger(QueueTrigger, ExecutorConformance):
+    map_size = 200
+
+
+class TestQueueTriggerFaults(QueueTrigger, FaultConformance):
     """The core's fault suite through the queue trigger, the test host and Azurite."""
 
     fault_calls = 200
 
-    @pytest.fixture
-    def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:
-        return {"backend": "azure", "azure": queue_section}
 
-
-class TestQueueTriggerBench(BenchConformance):
+class TestQueueTriggerBench(QueueTrigger, BenchConformance):
     """``pywren bench``'s standard suite, small, through the queue trigger and Azurite."""
-
-    @pytest.fixture
-    def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:
-        return {"backend": "azure", "azure": queue_section}
 
 
 class TestHttpTrigger(ExecutorConformance):
