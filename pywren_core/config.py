@@ -151,6 +151,11 @@ def _parse_env(text: str, types: type | tuple[type, ...], var: str) -> Any:
     raise ConfigError(f"environment {var}: {text!r} is not {_type_name(types)}")
 
 
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME`` or ``~/.cache``: where pywren keeps what outlives a process on this machine."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser())
+
+
 def config_file() -> Path | None:
     """The config file that applies, if any."""
     explicit = os.environ.get(FILE_ENV)

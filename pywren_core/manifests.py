@@ -14,13 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pywren_core.config import user_cache_dir
 from pywren_core.errors import ConfigError
 from pywren_core.protocol import JobKeys
 
 
 def manifest_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "pywren" / "jobs"
+    return user_cache_dir() / "pywren" / "jobs"
 
 
 def _path(keys: JobKeys) -> Path:

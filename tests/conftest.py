@@ -16,6 +16,8 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyte
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    (home / "run").mkdir(mode=0o700)  # the local backend's default storage lands here, not in /dev/shm
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))
     monkeypatch.chdir(home)
     plugins.reset()
     yield

@@ -10,11 +10,14 @@ reports workers that die mid-call, so the client never waits on a call nobody is
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -31,16 +34,57 @@ import attrs
 import pywren_core
 from pywren_core import plugins, worker
 from pywren_core.backend import BackendInfo, ConfigField, Limits
+from pywren_core.config import user_cache_dir
 from pywren_core.errors import CallFailedError, CallTimeoutError, NotFoundError, StorageError, WorkerDiedError
 from pywren_core.hookspecs import hookimpl
 from pywren_core.protocol import JobKeys
 
 _TMP_PREFIX = ".pywren-tmp-"
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+# A memory file system is taken for storage only with this much room, so a small one (Docker
+# gives containers a 64 MB /dev/shm) never fills up halfway through a job.
+MEMORY_STORAGE_MIN_FREE = 2**30
 
 
 def default_storage_dir() -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "pywren", "storage")
+    """Where jobs live unless ``local.storage_dir`` says otherwise: in memory if possible, else on disk.
+
+    Local storage only carries jobs between this machine's client and its workers, so it need not
+    outlive a reboot, and a new file costs microseconds in memory where some disks take a
+    millisecond: with a file per call, that is most of a short call's cost (benchmarks/README.md).
+    The first candidate that is private to this user wins; once made it stays the default, so a
+    later process (``attach``, ``pywren clean``) looks in the same place.
+    """
+    candidates = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "pywren"))
+    if hasattr(os, "getuid") and os.path.isdir("/dev/shm"):
+        candidates.append(f"/dev/shm/pywren-{os.getuid()}")
+    for candidate in candidates:
+        if _private_memory_dir(candidate):
+            return candidate
+    return str(user_cache_dir() / "pywren" / "storage")
+
+
+def _private_memory_dir(path: str) -> bool:
+    """Whether ``path`` is, or could now be made, a directory that only this user can enter."""
+    if not os.path.lexists(path):
+        try:
+            stats = os.statvfs(os.path.dirname(path))
+            if stats.f_bavail * stats.f_frsize < MEMORY_STORAGE_MIN_FREE:
+                return False
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass  # another process made it meanwhile: check it like any other
+        except OSError:
+            return False
+    try:
+        info = os.lstat(path)  # not stat: a symlink planted by another user must not be followed
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
 @hookimpl
@@ -99,6 +143,11 @@ def pywren_storage_put(session: LocalSession, key: str, data: bytes) -> None:
             return
         except FileNotFoundError:
             session.known_dirs.discard(directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            room = " (set local.storage_dir to a directory with more room)" if exc.errno in _NO_ROOM else ""
+            raise StorageError(f"could not write {key!r} under {session.root}: {exc.strerror}{room}") from None
     raise StorageError(f"could not write {key!r}: its directory keeps disappearing")
 
 
