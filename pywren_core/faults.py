@@ -77,9 +77,20 @@ class FaultInjector:
         #: What was injected, by kind: tests and users read it to see what their job survived.
         self.injected: dict[str, int] = {}
 
-    def _chance(self, fraction: float, kind: str) -> bool:
+    def _chance(self, fraction: float, kind: str, subject: str | None = None) -> bool:
+        """Whether to inject a fault of ``kind`` now.
+
+        With a seed, a ``subject`` (one call attempt, say) gets the same answer in any process and
+        any order. Worker processes each start from the seed, so without a subject every fresh
+        worker would repeat the same sequence, and a retry landing at the same place in it would
+        fail again: the attempts of one call would not be independent.
+        """
         with self._lock:
-            hit = fraction > 0 and self._random.random() < fraction
+            if subject is not None and self.config.seed is not None:
+                draw = random.Random(f"{self.config.seed}/{kind}/{subject}").random()
+            else:
+                draw = self._random.random()
+            hit = fraction > 0 and draw < fraction
             if hit:
                 self.injected[kind] = self.injected.get(kind, 0) + 1
         return hit
@@ -93,7 +104,11 @@ class FaultInjector:
     @hookimpl(wrapper=True)
     def pywren_storage_put(self, session: Any, key: str, data: bytes) -> Any:
         self._storage_fault()
-        if self.role == "worker" and "/status/" in key and self._chance(self.config.crash_workers, "crash_workers"):
+        if (
+            self.role == "worker"
+            and "/status/" in key
+            and self._chance(self.config.crash_workers, "crash_workers", subject=key.rpartition("/")[2])
+        ):
             raise CrashedWorker("injected fault: the worker died before writing its status")
         return (yield)
 
