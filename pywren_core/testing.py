@@ -13,6 +13,8 @@ Use it from a backend's own test suite with one import and one fixture::
     class TestExecutor(ExecutorConformance): pass
 
 Class attributes size the tests for slower backends (``large_object_bytes``, ``map_size``...).
+The kit's tests run isolated from the machine's pywren setup (see :func:`isolated_pywren`); a
+``conftest.py`` that imports ``isolated_pywren`` isolates every other test of the suite too.
 """
 
 from __future__ import annotations
@@ -28,10 +30,45 @@ import pytest
 
 import pywren_core as pw
 from pywren_core import config as config_module
+from pywren_core import plugins
 from pywren_core.backend import Session
 from pywren_core.errors import CallTimeoutError, NotFoundError, SerializationError
 from pywren_core.plugins import load_backend
 from pywren_core.protocol import new_id
+
+
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    for var in list(os.environ):
+        if var.startswith("PYWREN_"):
+            monkeypatch.delenv(var)
+    home = tmp_path_factory.mktemp("home")
+    (home / "run").mkdir(mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))  # the local backend's default storage
+    monkeypatch.chdir(home)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture(autouse=True)
+def isolated_pywren(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Nothing of the machine's pywren setup reaches a test, and the test leaves nothing there.
+
+    No ``PYWREN_*`` variable, no ``~/.pywren_config`` or ``./.pywren_config`` (the test runs in a
+    fresh home directory), no job manifest or local storage outside it, and plugins loaded anew.
+    Import it into a ``conftest.py`` to apply it to every test below that folder.
+    """
+    yield from _isolate(monkeypatch, tmp_path_factory)
+
+
+class _Isolated:
+    @pytest.fixture(autouse=True)
+    def isolated_pywren(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[None]:
+        yield from _isolate(monkeypatch, tmp_path_factory)
 
 
 def open_session(pywren_config: dict[str, Any]) -> Session:
@@ -41,7 +78,7 @@ def open_session(pywren_config: dict[str, Any]) -> Session:
     return backend.open(config.backend_section(backend.info), role="client")
 
 
-class StorageConformance:
+class StorageConformance(_Isolated):
     """Storage semantics every backend must have: the put / get / list / delete hooks."""
 
     #: Big enough to take the multipart / resumable / staged-block path of most SDKs.
@@ -193,7 +230,7 @@ def files_in_workdir(name: str) -> list[str]:
     return sorted(os.listdir(workdir))
 
 
-class ExecutorConformance:
+class ExecutorConformance(_Isolated):
     """End-to-end behaviour: the same map, errors, timeouts and retries on every backend."""
 
     map_size = 50
@@ -299,7 +336,7 @@ class ExecutorConformance:
             sys.modules.pop(module_name, None)
 
 
-class FaultConformance:
+class FaultConformance(_Isolated):
     """A map of ``fault_calls`` calls under each injected fault (see :mod:`pywren_core.faults`):
     every call ends with its correct result or a clear per-call error, nothing hangs, nothing
     written is lost, and retries show in the futures' stats."""
@@ -362,7 +399,7 @@ class FaultConformance:
                 assert isinstance(f.exception(), SignatureError), repr(f.exception())
 
 
-class BenchConformance:
+class BenchConformance(_Isolated):
     """The ``pywren bench`` standard suite on the backend, with small parameters: every workload
     runs (or says why it was skipped), every call succeeds, and the run file is valid."""
 

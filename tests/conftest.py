@@ -2,26 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pywren_core import plugins
+from pywren_core.testing import isolated_pywren  # noqa: F401  (autouse: the machine's setup stays out)
 
-
-@pytest.fixture(autouse=True)
-def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
-    """No user config file or PYWREN_* variable from the machine leaks into a test."""
-    import os
-
-    for var in list(os.environ):
-        if var.startswith("PYWREN_"):
-            monkeypatch.delenv(var)
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    (home / "run").mkdir(mode=0o700)  # the local backend's default storage lands here, not in /dev/shm
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))
-    monkeypatch.chdir(home)
-    plugins.reset()
-    yield
-    plugins.reset()
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
