@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
-from pywren_core import plugins
+from pywren_core.testing import isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 
 import aws_services
 
@@ -40,20 +40,6 @@ def aws_environment() -> Iterator[None]:
         mp.setenv("AWS_CONFIG_FILE", os.devnull)
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         yield
-
-
-@pytest.fixture(autouse=True)
-def isolated_pywren(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """No user config file or PYWREN_* variable from the machine leaks into a test."""
-    for var in list(os.environ):
-        if var.startswith("PYWREN_"):
-            monkeypatch.delenv(var)
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)
-    plugins.reset()
-    yield
-    plugins.reset()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import pytest
 import requests
 from servers import Server, answers, azurite_binary, free_port
 
-from pywren_core import plugins
+from pywren_core.testing import isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 
 ACCOUNT = "pywrentest"
 PLANTED_ACCOUNT_KEY = base64.b64encode(b"PLANTED-ACCOUNT-KEY-" + secrets.token_hex(12).encode()).decode()
@@ -103,16 +103,10 @@ def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(autouse=True)
-def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No config file, PYWREN_* or Azure credential variable of the machine leaks into a test."""
-    for var in list(os.environ):
-        if var.startswith("PYWREN_") or var in ("AZURE_STORAGE_CONNECTION_STRING", "AzureWebJobsStorage"):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    plugins.reset()
-    yield
-    plugins.reset()
+def no_machine_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests name Azurite in their config; a connection string the machine sets must not apply."""
+    for var in ("AZURE_STORAGE_CONNECTION_STRING", "AzureWebJobsStorage"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture

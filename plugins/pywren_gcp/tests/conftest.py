@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pywren_core import plugins
+from pywren_core.testing import isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 from pywren_gcp.deploy import build_package
 
 from servers import BUCKET, Service, start_fake_gcs, start_function, unpack_package
 
 
 @pytest.fixture(autouse=True)
-def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """No user config file, PYWREN_* or emulator variable from the machine leaks into a test."""
-    for var in list(os.environ):
-        if var.startswith("PYWREN_") or var == "STORAGE_EMULATOR_HOST":
-            monkeypatch.delenv(var)
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)
-    plugins.reset()
-    yield
-    plugins.reset()
+def no_machine_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests name the emulator in their config; one the machine points the SDK at must not apply."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
 
 
 @pytest.fixture(scope="session")
