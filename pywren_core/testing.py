@@ -15,15 +15,21 @@ Use it from a backend's own test suite with one import and one fixture::
 Class attributes size the tests for slower backends (``large_object_bytes``, ``map_size``...).
 The kit's tests run isolated from the machine's pywren setup (see :func:`isolated_pywren`); a
 ``conftest.py`` that imports ``isolated_pywren`` isolates every other test of the suite too.
+:class:`LocalServer` runs the emulators a cloud backend's tests need on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -427,3 +433,83 @@ class BenchConformance(_Isolated):
         run = results.new_run(ex, "standard", "laptop", entries)
         results.save(run, tmp_path / "run.json")
         results.validate(results.load(tmp_path / "run.json"))
+
+
+# --- local servers: the emulators a cloud backend's tests run against ---------------------------
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free now (another process may still take it before yours binds)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 5.0) -> int:
+    """The HTTP status ``url`` answers with, error statuses included; ``OSError`` if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+class LocalServer:
+    """A server process for tests (an emulator, a stand-in for a platform), serving on 127.0.0.1.
+
+    Its output goes to a log file, never to a pipe nobody reads: a server blocked on a full pipe
+    freezes the whole test run. It runs in a session of its own, so Ctrl-C stops the tests, which
+    then stop it: terminated, waited for, then killed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: os.PathLike[str] | str,
+        env: Mapping[str, str] | None = None,
+        cwd: os.PathLike[str] | str | None = None,
+        url: str = "",
+    ):
+        self.name = name
+        self.url = url
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+        )
+
+    def wait_ready(self, probe: Callable[[], Any], what: str = "", timeout: float = 120.0) -> None:
+        """Poll ``probe()`` until it is true; an ``OSError`` from it (nothing listening yet) means not yet.
+
+        Raises ``RuntimeError`` with the end of the server's log if it exits or the time runs out.
+        """
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if probe():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} was not ready ({what or 'probe'}) within {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

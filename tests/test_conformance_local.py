@@ -1,6 +1,10 @@
 """The conformance kit, run against the embedded local backend."""
 
-from pywren_core.testing import ExecutorConformance, StorageConformance
+import sys
+
+import pytest
+
+from pywren_core.testing import ExecutorConformance, LocalServer, StorageConformance, free_port, http_status
 
 
 class TestLocalStorage(StorageConformance):
@@ -29,3 +33,26 @@ def test_the_kit_keeps_the_machines_pywren_setup_out(pytester, monkeypatch, tmp_
         """
     )
     pytester.runpytest_subprocess("-k", "sees_only_defaults").assert_outcomes(passed=1)
+
+
+def test_local_server_waits_for_its_server_and_stops_it(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+    server = LocalServer("http.server", argv, tmp_path / "http.log", cwd=tmp_path, url=url)
+    try:
+        server.wait_ready(lambda: http_status(f"{url}/") == 200, "GET /")
+        assert http_status(f"{url}/missing") == 404
+    finally:
+        server.stop()
+    assert server.process.returncode is not None
+    assert "GET /missing" in server.log_tail(), "the server's output went to its log"
+    with pytest.raises(OSError):
+        http_status(f"{url}/")
+
+
+def test_local_server_that_dies_fails_with_its_log(tmp_path):
+    argv = [sys.executable, "-c", "import sys; print('bad flag --nope'); sys.exit(3)"]
+    server = LocalServer("broken", argv, tmp_path / "broken.log")
+    with pytest.raises(RuntimeError, match=r"(?s)broken exited with code 3.*bad flag --nope"):
+        server.wait_ready(lambda: False, timeout=30)

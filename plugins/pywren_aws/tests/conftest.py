@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
-from pywren_core.testing import isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
+from pywren_core.testing import LocalServer, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 
 import aws_services
 
@@ -48,15 +48,15 @@ def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def moto(service_logs: Path) -> Iterator[aws_services.Service]:
+def moto(service_logs: Path) -> Iterator[LocalServer]:
     service = aws_services.start_moto(service_logs)
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def lambda_server(moto: aws_services.Service, service_logs: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[aws_services.Service]:
+def lambda_server(moto: LocalServer, service_logs: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """The Lambda stand-in running the real handler; boto3 in the tests reaches it by AWS_ENDPOINT_URL_LAMBDA."""
     env = aws_services.lambda_env(moto.url, tmp_path_factory.mktemp("task-root"), PLANTED)
     service = aws_services.start_lambda(service_logs, FUNCTION, env)
@@ -67,18 +67,18 @@ def lambda_server(moto: aws_services.Service, service_logs: Path,
 
 
 @pytest.fixture(scope="session")
-def bucket(moto: aws_services.Service) -> str:
+def bucket(moto: LocalServer) -> str:
     boto3.client("s3", endpoint_url=moto.url, region_name=REGION).create_bucket(Bucket=BUCKET)
     return BUCKET
 
 
 @pytest.fixture
-def s3(moto: aws_services.Service) -> Any:
+def s3(moto: LocalServer) -> Any:
     """A plain boto3 client on moto, to look at what the plugin did."""
     return boto3.client("s3", endpoint_url=moto.url, region_name=REGION)
 
 
 @pytest.fixture
-def pywren_config(moto: aws_services.Service, bucket: str) -> dict[str, Any]:
+def pywren_config(moto: LocalServer, bucket: str) -> dict[str, Any]:
     return {"backend": "aws",
             "aws": {"bucket": bucket, "region": REGION, "function_name": FUNCTION, "endpoint_url": moto.url}}

@@ -14,11 +14,10 @@ from typing import Any
 import boto3
 import pytest
 from pywren_core.errors import ConfigError
-from pywren_core.testing import open_session
+from pywren_core.testing import LocalServer, open_session
 
 from pywren_aws import deploy
 
-import aws_services
 from conftest import REGION
 
 
@@ -68,14 +67,14 @@ def test_package_loads_the_backend_with_only_what_lambda_provides(package: bytes
 
 
 @pytest.fixture
-def moto_lambda(moto: aws_services.Service, monkeypatch: pytest.MonkeyPatch) -> Any:
+def moto_lambda(moto: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Lambda's control plane on moto (which stores functions but cannot run them without Docker)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", moto.url)
     return boto3.client("lambda", endpoint_url=moto.url, region_name=REGION)
 
 
 @pytest.fixture
-def role_arn(moto: aws_services.Service) -> str:
+def role_arn(moto: LocalServer) -> str:
     iam = boto3.client("iam", endpoint_url=moto.url, region_name=REGION)
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                      "Principal": {"Service": "lambda.amazonaws.com"}}]}

@@ -16,6 +16,7 @@ from pywren_core.testing import (
     BenchConformance,
     ExecutorConformance,
     FaultConformance,
+    LocalServer,
     sleep_then_return,
     square,
 )
@@ -25,7 +26,7 @@ from conftest import PLANTED
 
 
 @pytest.fixture
-def pywren_config(pywren_config: dict[str, Any], lambda_server: aws_services.Service) -> dict[str, Any]:
+def pywren_config(pywren_config: dict[str, Any], lambda_server: LocalServer) -> dict[str, Any]:
     return pywren_config
 
 
@@ -37,7 +38,7 @@ class TestLambdaExecutor(ExecutorConformance):
 
 
 def test_throttled_invocations_are_retried_not_lost(pywren_config: dict[str, Any],
-                                                    lambda_server: aws_services.Service) -> None:
+                                                    lambda_server: LocalServer) -> None:
     aws_services.control(lambda_server, "reset")
     aws_services.control(lambda_server, "throttle", seconds=3)
     with pw.executor(pywren_config, progress=False) as ex:
@@ -50,7 +51,7 @@ def test_throttled_invocations_are_retried_not_lost(pywren_config: dict[str, Any
 
 
 def test_handler_stops_before_the_platform_time_limit(pywren_config: dict[str, Any],
-                                                      lambda_server: aws_services.Service) -> None:
+                                                      lambda_server: LocalServer) -> None:
     """The function's own limit (not the job's timeout) is what ends this call: the worker reports it."""
     aws_services.control(lambda_server, "configure", timeout=6)
     try:
@@ -64,7 +65,7 @@ def test_handler_stops_before_the_platform_time_limit(pywren_config: dict[str, A
         aws_services.control(lambda_server, "configure", timeout=60)
 
 
-def test_missing_function_fails_the_calls(pywren_config: dict[str, Any], lambda_server: aws_services.Service) -> None:
+def test_missing_function_fails_the_calls(pywren_config: dict[str, Any], lambda_server: LocalServer) -> None:
     config = {**pywren_config, "aws": {**pywren_config["aws"], "function_name": "not-deployed"}}
     with pw.executor(config, progress=False) as ex:
         with pytest.raises(InvokeError, match="ResourceNotFoundException"):
@@ -87,7 +88,7 @@ def _texts(value: Any) -> list[bytes]:
     return found
 
 
-def test_no_credential_travels_or_is_stored(pywren_config: dict[str, Any], lambda_server: aws_services.Service,
+def test_no_credential_travels_or_is_stored(pywren_config: dict[str, Any], lambda_server: LocalServer,
                                            s3: Any, bucket: str, service_logs: Any) -> None:
     aws_services.control(lambda_server, "reset")
     with pw.executor(pywren_config, progress=False, cleanup=False) as ex:

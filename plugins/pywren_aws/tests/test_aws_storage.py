@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
-from pywren_core.testing import StorageConformance, open_session
+from pywren_core.testing import LocalServer, StorageConformance, open_session
 
 from pywren_aws import storage as s3_storage
 from pywren_aws.errors import from_code
@@ -41,7 +41,7 @@ class TestS3Storage(StorageConformance):
 
 
 @pytest.fixture(scope="module")
-def moto_with_auth(service_logs: Path) -> Iterator[aws_services.Service]:
+def moto_with_auth(service_logs: Path) -> Iterator[LocalServer]:
     """A second moto that checks IAM permissions after its first three requests (a user, its key, a bucket)."""
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
     service = aws_services.start_moto(service_logs, env, name="moto-auth")
@@ -49,7 +49,7 @@ def moto_with_auth(service_logs: Path) -> Iterator[aws_services.Service]:
     service.stop()
 
 
-def test_access_denied_is_permission_error(moto_with_auth: aws_services.Service,
+def test_access_denied_is_permission_error(moto_with_auth: LocalServer,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     iam = boto3.client("iam", endpoint_url=moto_with_auth.url, region_name=REGION)
     iam.create_user(UserName="nobody")

@@ -25,18 +25,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
-from servers import Server, answers, azurite_binary, free_port  # noqa: E402
+from servers import azurite_binary  # noqa: E402
 
 import pywren_core as pw  # noqa: E402
 from pywren_core.protocol import new_id  # noqa: E402
-from pywren_core.testing import open_session  # noqa: E402
+from pywren_core.testing import LocalServer, free_port, http_status, open_session  # noqa: E402
 
 ACCOUNT = "benchaccount"
 KEY = base64.b64encode(os.urandom(32)).decode()
@@ -48,15 +47,15 @@ def noop(x: int) -> int:
     return x
 
 
-def start_servers(workdir: Path, concurrency: int) -> tuple[list[Server], str, str]:
+def start_servers(workdir: Path, concurrency: int) -> tuple[list[LocalServer], str, str]:
     ports = [free_port() for _ in range(3)]
     argv = [str(azurite_binary()), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
             "--blobPort", str(ports[0]), "--queuePort", str(ports[1]), "--tablePort", str(ports[2]),
             "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"]
     env = {**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{KEY}"}
-    azurite = Server("azurite", argv, workdir / "azurite.log", env=env, cwd=workdir)
+    azurite = LocalServer("azurite", argv, workdir / "azurite.log", env=env, cwd=workdir)
     blob, queue = f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
-    azurite.ready(lambda: answers(blob) and answers(queue))
+    azurite.wait_ready(lambda: http_status(blob) and http_status(queue), "blob and queue ports answer")
     connection = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
                   f"BlobEndpoint={blob}/{ACCOUNT};QueueEndpoint={queue}/{ACCOUNT};")
     port = free_port()
@@ -64,10 +63,10 @@ def start_servers(workdir: Path, concurrency: int) -> tuple[list[Server], str, s
     env.update({"AzureWebJobsStorage": connection, "PYWREN_AZURE_CONNECTION_STRING": connection,
                 "PYWREN_AZURE_QUEUE": QUEUE, "PYWREN_AZURE_MAX_CONCURRENCY": str(concurrency),
                 "FUNCTIONS_TEST_KEY": "bench-key"})
-    host = Server("functions host", [sys.executable, str(TESTS / "functions_host.py"), "--port", str(port),
+    host = LocalServer("functions host", [sys.executable, str(TESTS / "functions_host.py"), "--port", str(port),
                                      "--concurrency", str(concurrency)], workdir / "host.log", env=env, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
-    host.ready(lambda: requests.get(f"{url}/admin/host/status", timeout=2).status_code == 200)
+    host.wait_ready(lambda: http_status(f"{url}/admin/host/status") == 200, "GET /admin/host/status")
     return [host, azurite], connection, url
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import attrs
 import pytest
 import requests
-from servers import Server, answers, azurite_binary, free_port
+from servers import azurite_binary
 
-from pywren_core.testing import isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
+from pywren_core.testing import LocalServer, free_port, http_status, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 
 ACCOUNT = "pywrentest"
 PLANTED_ACCOUNT_KEY = base64.b64encode(b"PLANTED-ACCOUNT-KEY-" + secrets.token_hex(12).encode()).decode()
@@ -69,9 +69,9 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent",
     ]
     env = {**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{PLANTED_ACCOUNT_KEY}"}
-    server = Server("azurite", argv, workdir / "azurite.log", env=env, cwd=workdir)
+    server = LocalServer("azurite", argv, workdir / "azurite.log", env=env, cwd=workdir)
     blob, queue = f"http://127.0.0.1:{blob_port}", f"http://127.0.0.1:{queue_port}"
-    server.ready(lambda: answers(blob) and answers(queue))
+    server.wait_ready(lambda: http_status(blob) and http_status(queue), "blob and queue ports answer")
     yield Azurite(f"{blob}/{ACCOUNT}", f"{queue}/{ACCOUNT}")
     server.stop()
 
@@ -95,9 +95,9 @@ def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -
     trace = workdir / "trace.jsonl"
     argv = [sys.executable, str(HOST_SCRIPT), "--port", str(port), "--concurrency", str(HOST_CONCURRENCY),
             "--trace", str(trace)]
-    server = Server("functions host", argv, workdir / "host.log", env=env, cwd=workdir)
+    server = LocalServer("functions host", argv, workdir / "host.log", env=env, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
-    server.ready(lambda: requests.get(f"{url}/admin/host/status", timeout=2).status_code == 200)
+    server.wait_ready(lambda: http_status(f"{url}/admin/host/status") == 200, "GET /admin/host/status")
     yield FunctionsHost(url, PLANTED_FUNCTION_KEY, trace, workdir / "host.log")
     server.stop()
 

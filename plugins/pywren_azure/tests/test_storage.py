@@ -14,7 +14,7 @@ from pywren_azure import plugin
 from pywren_azure.session import SINGLE_PUT_BYTES, connect
 
 from pywren_core.errors import AccessDeniedError, ConfigError, NotFoundError, StorageError, ThrottledError
-from pywren_core.testing import StorageConformance, open_session
+from pywren_core.testing import StorageConformance, free_port, open_session
 
 
 def defaults() -> dict[str, Any]:
@@ -73,8 +73,6 @@ def test_wrong_key_is_access_denied_without_showing_the_key(azurite: Any) -> Non
 
 
 def test_unreachable_endpoint_is_a_storage_error() -> None:
-    from servers import free_port
-
     section = {"connection_string": f"DefaultEndpointsProtocol=http;AccountName=a;AccountKey=QUJD;"
                                     f"BlobEndpoint=http://127.0.0.1:{free_port()}/a;", "container": "gone"}
     with pytest.raises(StorageError, match="could not reach"):

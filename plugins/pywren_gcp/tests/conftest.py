@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from pywren_core.testing import isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
+from pywren_core.testing import LocalServer, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 from pywren_gcp.deploy import build_package
 
-from servers import BUCKET, Service, start_fake_gcs, start_function, unpack_package
+from servers import BUCKET, start_fake_gcs, start_function, unpack_package
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +26,14 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fake_gcs(log_dir: Path) -> Iterator[tuple[Service, str]]:
+def fake_gcs(log_dir: Path) -> Iterator[tuple[LocalServer, str]]:
     service, url = start_fake_gcs(log_dir)
     yield service, url
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def storage_url(fake_gcs: tuple[Service, str]) -> str:
+def storage_url(fake_gcs: tuple[LocalServer, str]) -> str:
     return fake_gcs[1]
 
 
@@ -46,14 +46,14 @@ def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def function(log_dir: Path, package_dir: Path, storage_url: str) -> Iterator[tuple[Service, str]]:
+def function(log_dir: Path, package_dir: Path, storage_url: str) -> Iterator[tuple[LocalServer, str]]:
     service, url = start_function(log_dir, package_dir / "main.py", storage_url)
     yield service, url
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def function_url(function: tuple[Service, str]) -> str:
+def function_url(function: tuple[LocalServer, str]) -> str:
     return function[1]
 
 

