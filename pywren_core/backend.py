@@ -7,6 +7,7 @@ inlining, timeouts and the invocation rate to its :class:`Limits`.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -101,6 +102,27 @@ def retry_throttled(operation: Callable[[], T], attempts: int = 10) -> T:
                 raise
             time.sleep(backoff_delay(attempt, exc.retry_after))
     raise AssertionError("unreachable")
+
+
+class Pacer:
+    """Spaces actions at least ``1 / rate`` seconds apart, across every thread that takes a turn.
+
+    The core paces invocations with it; a backend whose platform wants a gentler pace (a
+    per-trigger rate limit, say) can pace its own invoker the same way. No rate: no waiting.
+    """
+
+    def __init__(self, rate: float | None):
+        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            slot = max(time.monotonic(), self._next)
+            self._next = slot + self.interval
+        time.sleep(max(0.0, slot - time.monotonic()))
 
 
 class Session:

@@ -25,7 +25,7 @@ import attrs
 from pywren_core import __version__, manifests, serialize
 from pywren_core import config as config_module
 from pywren_core import futures as futures_module
-from pywren_core.backend import Session, backoff_delay
+from pywren_core.backend import Pacer, Session, backoff_delay
 from pywren_core.errors import (
     CallFailedError,
     CallTimeoutError,
@@ -422,12 +422,11 @@ class _Invoker:
     def __init__(self, session: Session, threads: int, rate: float | None, give_up_after: float):
         self.session = session
         self.threads = threads
-        self.interval = 1.0 / rate if rate else 0.0
+        self.pacer = Pacer(rate)
         self.give_up_after = give_up_after
         self.queue: queue.SimpleQueue[tuple[dict[str, Any], list[_Call]] | None] = queue.SimpleQueue()
         self._started: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._next_slot = 0.0
 
     def submit(self, payload: dict[str, Any], calls: list[_Call]) -> None:
         if not self._started:
@@ -442,14 +441,6 @@ class _Invoker:
         for _ in self._started:
             self.queue.put(None)
 
-    def _pace(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            slot = max(time.monotonic(), self._next_slot)
-            self._next_slot = slot + self.interval
-        time.sleep(max(0.0, slot - time.monotonic()))
-
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
             payload, calls = item
@@ -461,7 +452,7 @@ class _Invoker:
     def _invoke(self, payload: dict[str, Any], calls: list[_Call]) -> None:
         started = time.monotonic()
         for attempt in itertools.count():
-            self._pace()
+            self.pacer.wait()
             issued = time.time()
             try:
                 self.session.invoke(payload)

@@ -12,6 +12,7 @@ import pytest
 
 import pywren_core as pw
 from pywren_core import executors
+from pywren_core.backend import Pacer
 from pywren_core.errors import CallTimeoutError, SerializationError, VersionMismatchError, WorkerDiedError
 
 
@@ -275,3 +276,17 @@ def test_speculation_is_off_by_default(ex):
     futures = ex.map(straggle_on_first_attempt, [7, 1, 2, 3])
     assert ex.get_result(futures, timeout=60) == [14, 2, 4, 6]
     assert futures[0].stats["attempts"] == 1
+
+
+def test_pacer_spaces_turns_across_threads():
+    """The invoker's pacing (and any backend's that reuses Pacer): never faster than the rate."""
+    pacer = Pacer(50.0)  # one turn per 20 ms
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        finished = list(pool.map(lambda _: (pacer.wait(), time.monotonic())[1], range(8)))
+    assert max(finished) - start >= 7 * 0.02
+    unpaced = Pacer(None)
+    start = time.monotonic()
+    for _ in range(1000):
+        unpaced.wait()
+    assert time.monotonic() - start < 1.0, "no rate means no waiting"

@@ -12,8 +12,6 @@ threads, so a burst of thousands of calls is spread out instead of fired at once
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +20,7 @@ from azure.core.exceptions import AzureError
 from azure.storage.queue import QueueClient
 
 from pywren_azure.errors import retry_after, scrub, translate
+from pywren_core.backend import Pacer
 from pywren_core.errors import ConfigError, InvokeError, ThrottledError
 
 #: A queue message holds at most 64 KiB of text; base64 makes 3 bytes into 4 characters.
@@ -35,23 +34,6 @@ HTTP_ROUTE = "pywren"
 
 def encode(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))
-
-
-class Pacer:
-    """Spaces invocations at least ``1 / rate`` seconds apart, across every thread that sends them."""
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._lock = threading.Lock()
-        self._next = 0.0
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            slot = max(time.monotonic(), self._next)
-            self._next = slot + self.interval
-        time.sleep(max(0.0, slot - time.monotonic()))
 
 
 def pacer(config: Mapping[str, Any]) -> Pacer:
