@@ -213,13 +213,16 @@ def markdown(runs: Sequence[Run], plots: Sequence[Path] | None) -> str:
 # --- plots --------------------------------------------------------------------------------------
 
 
-def _calls(run: Mapping[str, Any], *names: str) -> tuple[str, list[Mapping[str, Any]]] | None:
-    """The calls of the first of ``names`` that the run holds, with the workload's name."""
-    for name in names:
-        entry = run["workloads"].get(name)
-        if entry and entry["calls"]:
-            return name, entry["calls"]
-    return None
+def _runs_with_calls(runs: Sequence[Run], *names: str) -> list[tuple[int, str, str, list[Mapping[str, Any]]]]:
+    """(colour index, label, workload, calls) for each run holding calls of one of ``names``, the first found."""
+    shown = []
+    for i, (label, run) in enumerate(runs):
+        for name in names:
+            entry = run["workloads"].get(name)
+            if entry and entry["calls"]:
+                shown.append((i, label, name, entry["calls"]))
+                break
+    return shown
 
 
 def write_plots(runs: Sequence[Run], out: Path) -> list[Path]:
@@ -243,13 +246,11 @@ def write_plots(runs: Sequence[Run], out: Path) -> list[Path]:
 
 def _timeline(figure: Any, runs: Sequence[Run]) -> bool:
     """Per call: waiting (submit to start) in grey, running (start to end) in the run's colour."""
-    shown = [
-        (i, label, found) for i, (label, run) in enumerate(runs) if (found := _calls(run, "scaleout", "throughput"))
-    ]
+    shown = _runs_with_calls(runs, "scaleout", "throughput")
     if not shown:
         return False
     axes = figure.subplots(1, len(shown), squeeze=False)[0]
-    for ax, (i, label, (workload, calls)) in zip(axes, shown, strict=True):
+    for ax, (i, label, workload, calls) in zip(axes, shown, strict=True):
         t0 = min(c["submitted"] for c in calls)
         timed = [c for c in calls if c["start"] is not None and c["end"] is not None]
         ax.hlines(
@@ -276,11 +277,7 @@ def _concurrency(figure: Any, runs: Sequence[Run]) -> bool:
 
     ax = figure.subplots()
     drawn = False
-    for i, (label, run) in enumerate(runs):
-        found = _calls(run, "scaleout")
-        if found is None:
-            continue
-        calls = found[1]
+    for i, label, _, calls in _runs_with_calls(runs, "scaleout"):
         steps = results.concurrency(calls)
         if not steps:
             continue
@@ -302,11 +299,8 @@ def _concurrency(figure: Any, runs: Sequence[Run]) -> bool:
 def _latency_cdf(figure: Any, runs: Sequence[Run]) -> bool:
     ax = figure.subplots()
     drawn = False
-    for i, (label, run) in enumerate(runs):
-        found = _calls(run, "latency")
-        if found is None:
-            continue
-        for kind, group in latency_groups(found[1]).items():
+    for i, label, _, calls in _runs_with_calls(runs, "latency"):
+        for kind, group in latency_groups(calls).items():
             values = sorted(results.spans(group, "submitted", "done"))
             if values:
                 fractions = [(k + 1) / len(values) for k in range(len(values))]
