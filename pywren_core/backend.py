@@ -85,6 +85,24 @@ class BackendInfo:
         return {k: v for k, v in config.items() if k not in secret}
 
 
+@attrs.frozen
+class CallEvent:
+    """Something the platform told a plugin about one call attempt, for ``pywren_poll_events``.
+
+    ``kind`` is ``"running"`` (the platform started it), or ``"died"`` / ``"error"`` (the invocation
+    failed without the worker reporting: a broken held-open request, a message moved to a poison
+    queue, an error line from the handler). A failure fails or retries the call at once instead of
+    after the lost-call timer; ``message`` says what happened and reaches the user.
+    """
+
+    executor_id: str
+    job_id: str
+    call_id: str
+    attempt: int
+    kind: str
+    message: str = ""
+
+
 def backoff_delay(attempt: int, retry_after: float | None = None, base: float = 0.05, cap: float = 5.0) -> float:
     """Exponential backoff with full jitter; the platform's own hint wins when it gave one."""
     if retry_after is not None:
@@ -159,6 +177,12 @@ class Session:
 
     def invoke(self, payload: Mapping[str, Any]) -> None:
         self._hook.pywren_invoke(session=self.handle, payload=payload)
+
+    def cancel(self, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
+        self._hook.pywren_cancel(session=self.handle, executor_id=executor_id, job_id=job_id, call_ids=list(call_ids))
+
+    def poll_events(self) -> list[CallEvent]:
+        return [event for events in self._hook.pywren_poll_events(session=self.handle) for event in events or ()]
 
     def deploy(self) -> str | None:
         return self._hook.pywren_deploy(session=self.handle, config=self.config)

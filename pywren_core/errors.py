@@ -91,3 +91,12 @@ class SerializationError(PywrenError, TypeError):
 
 class InvokeError(PywrenError):
     """The platform refused to start a call (not throttling: a missing function, a bad request)."""
+
+
+class AmbiguousInvokeError(PywrenError):
+    """The invoke request was sent but its answer was lost (a dropped connection, a read timeout).
+
+    The platform may or may not have accepted it. The core invokes again and counts the call's
+    possible extra run in ``stats["ambiguous_invokes"]``: a call may then run twice.
+    """
+

@@ -52,6 +52,7 @@ from pywren_core.protocol import (
     exception_context,
     func_context,
     group_of,
+    load_status,
     new_id,
     new_secret,
     parse_status_key,
@@ -582,8 +583,10 @@ class _Monitor:
 
     def _fetch(self, item: tuple[_Job, _Call, str]) -> dict[str, Any] | None:
         """A status record, or None when it cannot be read now (it is read again next round)."""
+        job, call, key = item
         try:
-            return json.loads(self.session.get(item[2]))
+            parsed = parse_status_key(key)
+            return load_status(job.secret, job.keys, call.future.call_id, parsed[1], self.session.get(key))
         except Exception as exc:
             self._warn(exc)
             return None

@@ -22,7 +22,7 @@ from typing import Any
 
 import pluggy
 
-from pywren_core.backend import BackendInfo
+from pywren_core.backend import BackendInfo, CallEvent
 
 PROJECT = "pywren"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -84,7 +84,28 @@ def pywren_invoke(session: Any, payload: Mapping[str, Any]) -> None:
     Return as soon as the platform has accepted the invocation, not when it finished. ``payload`` is
     a JSON-serialisable mapping no larger than ``Limits.max_payload_bytes`` once encoded; it holds
     ids, storage keys, timeouts and a per-job signing secret, never credentials. Raise
-    ``ThrottledError`` when the platform refuses for rate; the core waits and invokes again.
+    ``ThrottledError`` when the platform refuses for rate, and ``AmbiguousInvokeError`` when the
+    request was sent but its answer was lost (a dropped connection, a read timeout): the core waits
+    and invokes again (counting a possible duplicate run for the second). Any other error is final
+    for the calls in the payload: raise ``InvokeError`` naming what was invoked (the function, the
+    URL), never a throttling error for a refused connection. Do not retry inside the hook.
+    """
+
+
+@hookspec(firstresult=True)
+def pywren_cancel(session: Any, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
+    """Optional. Stop these calls of one job where the platform allows: drop those still queued,
+    stop those running. Best effort; the core has already settled their futures as cancelled and
+    ignores whatever they write later."""
+
+
+@hookspec
+def pywren_poll_events(session: Any) -> Sequence[CallEvent]:
+    """Optional. Return the call events the platform reported since the last call, and forget them.
+
+    The client's monitor calls it once per polling round. A plugin that learns of a failed
+    invocation (a broken held-open request, a poison queue, an error line from the handler) reports
+    it here, so the call fails or retries at once instead of after its timeout. Must not block.
     """
 
 

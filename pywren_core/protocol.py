@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import os
 import secrets
 import sys
 from typing import Any
@@ -29,6 +31,9 @@ JOBS_PREFIX = "pywren.jobs"
 GROUP_SIZE = 1000
 _MAGIC = b"PWS1"
 _DIGEST = hashlib.sha256().digest_size
+#: The environment variable that holds a deployed function's payload key (see :func:`seal`).
+PAYLOAD_KEY_ENV = "PYWREN_PAYLOAD_KEY"
+_NONCE = 16
 
 
 def python_version() -> str:
@@ -145,3 +150,79 @@ def result_context(keys: JobKeys, call: str) -> str:
 
 def exception_context(keys: JobKeys, call: str) -> str:
     return f"exception:{keys.prefix}{call}"
+
+
+def status_context(keys: JobKeys, call: str, attempt: int) -> str:
+    return f"status:{keys.prefix}{call}.{attempt}"
+
+
+def dump_status(secret: bytes, keys: JobKeys, status: dict[str, Any]) -> bytes:
+    """A status record, signed for its job, call and attempt: nobody else can forge one."""
+    context = status_context(keys, status["call_id"], status["attempt"])
+    return sign(secret, context, json.dumps(status, separators=(",", ":")).encode())
+
+
+def load_status(secret: bytes, keys: JobKeys, call: str, attempt: int, blob: bytes) -> dict[str, Any]:
+    """The status record in ``blob``; SignatureError unless this job wrote it for this call and attempt."""
+    return json.loads(verify(secret, status_context(keys, call, attempt), blob))
+
+
+# Sealing: where invoke payloads rest in storage the bucket's writers can read (Azure's queue), the
+# job secret travels encrypted with a payload key that only the client's config and the deployed
+# function hold. HMAC-SHA256 serves as the keystream and as the tag (encrypt-then-MAC), so no
+# cryptography package is needed for one 32-byte secret.
+
+
+def _keystream(key: bytes, nonce: bytes, context: str) -> bytes:
+    return hmac.new(key, b"pywren-seal\0" + nonce + context.encode(), hashlib.sha256).digest()
+
+
+def _tag(key: bytes, nonce: bytes, sealed: bytes, context: str) -> bytes:
+    return hmac.new(key, b"pywren-tag\0" + nonce + sealed + b"\0" + context.encode(), hashlib.sha256).digest()
+
+
+def seal(key: bytes, secret: bytes, context: str) -> str:
+    """``secret`` (32 bytes) encrypted and authenticated with ``key``, bound to ``context``."""
+    if len(secret) != _DIGEST:
+        raise ValueError("only a 32-byte job secret can be sealed")
+    nonce = secrets.token_bytes(_NONCE)
+    sealed = bytes(a ^ b for a, b in zip(secret, _keystream(key, nonce, context), strict=True))
+    return b64(nonce + sealed + _tag(key, nonce, sealed, context))
+
+
+def unseal(key: bytes, text: str, context: str) -> bytes:
+    """The secret :func:`seal` sealed; SignatureError if it was altered or sealed with another key."""
+    blob = unb64(text)
+    nonce, sealed, tag = blob[:_NONCE], blob[_NONCE : _NONCE + _DIGEST], blob[_NONCE + _DIGEST :]
+    if len(sealed) != _DIGEST or not hmac.compare_digest(tag, _tag(key, nonce, sealed, context)):
+        raise SignatureError(f"{context}: the sealed job secret does not match this function's payload key")
+    return bytes(a ^ b for a, b in zip(sealed, _keystream(key, nonce, context), strict=True))
+
+
+def payload_key_from_env() -> bytes | None:
+    """The deployed function's payload key (hex in ``PYWREN_PAYLOAD_KEY``), if it has one."""
+    text = os.environ.get(PAYLOAD_KEY_ENV, "").strip()
+    return bytes.fromhex(text) if text else None
+
+
+def secret_context(keys: JobKeys) -> str:
+    return f"secret:{keys.prefix}"
+
+
+def job_secret(payload: dict[str, Any], payload_key: bytes | None) -> bytes:
+    """The job's signing secret from an invoke payload.
+
+    A worker that holds a payload key accepts only a sealed secret: a payload with a secret in the
+    clear was written by someone who does not hold the key (anyone who can write to the queue), and
+    running it would run their code.
+    """
+    keys = JobKeys.from_payload(payload)
+    if payload_key is not None:
+        if "sealed_secret" not in payload:
+            raise SignatureError(
+                f"job {keys.prefix}: this function has a payload key, but the payload's secret is not sealed with it"
+            )
+        return unseal(payload_key, payload["sealed_secret"], secret_context(keys))
+    if "secret" not in payload:
+        raise SignatureError(f"job {keys.prefix}: the payload's secret is sealed, but this function has no payload key")
+    return bytes.fromhex(payload["secret"])

@@ -30,11 +30,14 @@ import attrs
 from pywren_core import __version__, plugins, serialize
 from pywren_core.backend import Session
 from pywren_core.errors import (
+    CallFailedError,
     CallTimeoutError,
+    NotFoundError,
     PywrenError,
     SerializationError,
     SignatureError,
     VersionMismatchError,
+    WorkerDiedError,
 )
 from pywren_core.faults import FaultConfig, FaultInjector
 from pywren_core.protocol import (
@@ -42,8 +45,11 @@ from pywren_core.protocol import (
     JobKeys,
     args_context,
     b64,
+    dump_status,
     exception_context,
     func_context,
+    job_secret,
+    payload_key_from_env,
     python_version,
     result_context,
     sign,
@@ -53,6 +59,10 @@ from pywren_core.protocol import (
 
 OUTPUT_TAIL_CHARS = 8192
 _FUNCTION_CACHE_SIZE = 16
+#: A call that ran longer than this checks that its job still exists before writing its status:
+#: a job is cleaned up while one of its calls runs only when the client stopped waiting for it
+#: (cancelled, timed out, lost), which takes longer than this.
+JOB_CHECK_AFTER = 1.0
 
 
 @attrs.frozen
@@ -75,7 +85,7 @@ _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("p
 _output: contextvars.ContextVar[dict[str, _Tail] | None] = contextvars.ContextVar("pywren_output", default=None)
 _state_lock = threading.Lock()
 _sessions: dict[tuple[str, str], Session] = {}
-_functions: OrderedDict[str, Any] = OrderedDict()
+_functions: OrderedDict[bytes, Any] = OrderedDict()
 _calls_seen = 0
 
 
@@ -152,32 +162,67 @@ def session_for(payload: dict[str, Any]) -> Session:
     return session
 
 
-def handle(payload: dict[str, Any], *, deadline: float | None = None, isolate_cwd: bool = True) -> list[dict[str, Any]]:
+def handle(
+    payload: dict[str, Any], *, deadline: float | None = None, isolate_cwd: bool = True, delivery: int | None = None
+) -> list[dict[str, Any]]:
     """Run every call in ``payload`` and write their statuses; return the statuses.
 
     ``deadline`` (a ``time.time()`` value) is when the platform will stop this invocation: a call
     still running then is reported as timed out first. ``isolate_cwd`` changes the process's
     working directory into each call's own; a handler that runs calls in threads passes False, and
-    calls find their directory with :func:`current_call`.
+    calls find their directory with :func:`current_call`. ``delivery`` is the platform's count of
+    deliveries of this invocation (a queue's dequeue count), reported in the calls' stats.
+
+    A payload whose secret cannot be read (not sealed with this function's payload key) or whose
+    job is gone (cleaned up before a late redelivery) runs nothing and writes nothing.
     """
-    return run_payload(payload, session_for(payload), deadline=deadline, isolate_cwd=isolate_cwd)
+    return run_payload(payload, session_for(payload), deadline=deadline, isolate_cwd=isolate_cwd, delivery=delivery)
 
 
 def run_payload(
-    payload: dict[str, Any], session: Session, *, deadline: float | None = None, isolate_cwd: bool = True
+    payload: dict[str, Any],
+    session: Session,
+    *,
+    deadline: float | None = None,
+    isolate_cwd: bool = True,
+    delivery: int | None = None,
 ) -> list[dict[str, Any]]:
     _install_tees()
     keys = JobKeys.from_payload(payload)
+    try:
+        secret = job_secret(payload, _payload_key())
+    except (SignatureError, ValueError) as exc:
+        _log(f"refusing job {keys.prefix}: {exc}")
+        return []
     refusal = _refusal(payload)
+    func = None
+    if refusal is None:
+        try:
+            func = _load_function(session, payload, keys, secret)
+        except NotFoundError:
+            _log(f"job {keys.prefix} is gone (cleaned up, or a late redelivery): running nothing")
+            return []
+        except BaseException as exc:  # a tampered or unloadable function: each call reports it
+            refusal = exc
     statuses = []
     for call in payload["calls"]:
-        if refusal is not None:
+        if isinstance(refusal, (SignatureError, VersionMismatchError)):
             status = failure_status(payload, call, "refused", refusal)
-            write_status(session, keys, call, status)
+            write_status(session, keys, secret, status)
         else:
-            status = _run_call(payload, call, session, keys, deadline, isolate_cwd)
+            status = _run_call(payload, call, session, keys, secret, func, refusal, deadline, isolate_cwd, delivery)
         statuses.append(status)
     return statuses
+
+
+@functools.lru_cache(maxsize=1)
+def _payload_key() -> bytes | None:
+    return payload_key_from_env()
+
+
+def _log(message: str) -> None:
+    """A line for the platform's log; never the payload, which may hold the job's secret."""
+    print(f"pywren: {message}", file=sys.__stderr__, flush=True)
 
 
 def _refusal(payload: dict[str, Any]) -> PywrenError | None:
@@ -208,19 +253,44 @@ def failure_status(payload: dict[str, Any], call: dict[str, Any], kind: str, err
     }
 
 
-def write_status(session: Session, keys: JobKeys, call: dict[str, Any], status: dict[str, Any]) -> None:
-    session.put(keys.status(call["call_id"], call["attempt"]), json.dumps(status).encode())
+def write_status(session: Session, keys: JobKeys, secret: bytes, status: dict[str, Any]) -> None:
+    """Write a call's status record, signed for its job, call and attempt."""
+    session.put(keys.status(status["call_id"], status["attempt"]), dump_status(secret, keys, status))
+
+
+def report_failure(session: Session, payload: dict[str, Any], call: dict[str, Any], kind: str, message: str) -> None:
+    """For whoever runs the worker (a platform handler, the local pool): report that ``call`` of
+    ``payload`` ended without its own status (``kind`` ``died``, ``timeout`` or ``error``), unless it
+    wrote one. Writes nothing when the payload's secret cannot be read or the job is gone."""
+    keys = JobKeys.from_payload(payload)
+    try:
+        secret = job_secret(payload, _payload_key())
+    except (SignatureError, ValueError):
+        return
+    status_key = keys.status(call["call_id"], call["attempt"])
+    if status_key in session.list(status_key) or not session.list(payload["func_key"]):
+        return
+    error_type = {"timeout": CallTimeoutError, "died": WorkerDiedError}.get(kind, CallFailedError)
+    write_status(session, keys, secret, failure_status(payload, call, kind, error_type(message)))
 
 
 def _load_function(session: Session, payload: dict[str, Any], keys: JobKeys, secret: bytes) -> Any:
-    func_key = payload["func_key"]
+    """The job's function, verified against this payload's secret on every payload.
+
+    The signed bytes are read and checked each time, and the cache is keyed by their signature:
+    a warm worker never runs a cached function for a payload whose secret did not sign it, and a
+    job that was cleaned up is noticed (NotFoundError) before anything runs.
+    """
+    blob = session.get(payload["func_key"])
+    data = verify(secret, func_context(keys), blob)
+    cache_key = blob[: len(blob) - len(data)]  # magic and HMAC: unique to these bytes and this secret
     with _state_lock:
-        if func_key in _functions:
-            _functions.move_to_end(func_key)
-            return _functions[func_key]
-    func = serialize.loads(verify(secret, func_context(keys), session.get(func_key)))
+        if cache_key in _functions:
+            _functions.move_to_end(cache_key)
+            return _functions[cache_key]
+    func = serialize.loads(data)
     with _state_lock:
-        _functions[func_key] = func
+        _functions[cache_key] = func
         while len(_functions) > _FUNCTION_CACHE_SIZE:
             _functions.popitem(last=False)
     return func
@@ -323,32 +393,43 @@ def _run_call(
     call: dict[str, Any],
     session: Session,
     keys: JobKeys,
+    secret: bytes,
+    func: Any,
+    load_error: BaseException | None,
     deadline: float | None,
     isolate_cwd: bool,
+    delivery: int | None,
 ) -> dict[str, Any]:
     global _calls_seen
     with _state_lock:
         cold = _calls_seen == 0
         _calls_seen += 1
-    secret = bytes.fromhex(payload["secret"])
     call_id, attempt = call["call_id"], call["attempt"]
     stats: dict[str, Any] = {"worker_id": worker_id(), "cold": cold, "start": time.time()}
+    if delivery is not None:
+        stats["delivery"] = delivery
     writer = _FirstWriter()
     watchdog = None
     if deadline is not None:
-        timeout = CallTimeoutError(f"call {call_id} was still running when the platform's time limit came")
+        timeout = CallTimeoutError(
+            f"call {call_id} was still running at the end of its time: its timeout of {payload['timeout']} s "
+            "or the platform's time limit, whichever came first"
+        )
         watchdog = threading.Timer(
             max(0.0, deadline - time.time()),
             lambda: (
-                writer.claim() and write_status(session, keys, call, failure_status(payload, call, "timeout", timeout))
+                writer.claim()
+                and write_status(session, keys, secret, failure_status(payload, call, "timeout", timeout))
             ),
         )
         watchdog.daemon = True
         watchdog.start()
     status: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "call_id": call_id, "attempt": attempt}
     tails = None
+    large_result = None
     try:
-        func = _load_function(session, payload, keys, secret)
+        if load_error is not None:
+            raise load_error
         args, kwargs = _load_args(session, call, keys, secret)
         stats["setup_done"] = time.time()
         with _call_scope(keys, call, session, isolate_cwd) as tails:
@@ -362,8 +443,7 @@ def _run_call(
         if len(result) <= payload["result_inline_max"]:
             status["result"] = b64(result)
         else:
-            status["result_key"] = keys.result(call_id, attempt)
-            session.put(status["result_key"], result)
+            status["result_key"], large_result = keys.result(call_id, attempt), result
         status["kind"] = "success"
     except SignatureError as exc:
         status.update(kind="refused", error={"type": type(exc).__name__, "message": str(exc), "traceback": ""})
@@ -376,6 +456,16 @@ def _run_call(
     status["stats"] = stats
     if tails is not None:
         status["stdout"], status["stderr"] = tails["stdout"].text(), tails["stderr"].text()
-    if writer.claim():
-        write_status(session, keys, call, status)
+    if writer.claim() and _job_exists(session, payload, call_id, stats["start"]):
+        if large_result is not None:
+            session.put(status["result_key"], large_result)
+        write_status(session, keys, secret, status)
     return status
+
+
+def _job_exists(session: Session, payload: dict[str, Any], call_id: str, started: float) -> bool:
+    """False when a long call's job was cleaned up meanwhile: its status would never be deleted."""
+    if time.time() - started < JOB_CHECK_AFTER or session.list(payload["func_key"]):
+        return True
+    _log(f"job {payload['executor_id']}/{payload['job_id']} was cleaned up while call {call_id} ran; not reporting")
+    return False

@@ -35,9 +35,8 @@ import pywren_core
 from pywren_core import plugins, worker
 from pywren_core.backend import BackendInfo, ConfigField, Limits
 from pywren_core.config import user_cache_dir
-from pywren_core.errors import CallFailedError, CallTimeoutError, NotFoundError, StorageError, WorkerDiedError
+from pywren_core.errors import NotFoundError, StorageError
 from pywren_core.hookspecs import hookimpl
-from pywren_core.protocol import JobKeys
 
 _TMP_PREFIX = ".pywren-tmp-"
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -458,10 +457,6 @@ class WorkerPool:
 
 def _report_unfinished(payload: dict[str, Any], kind: str, message: str) -> None:
     """Write a failure status for each call of ``payload`` that has none, so the client learns of it."""
-    error_type = {"timeout": CallTimeoutError, "died": WorkerDiedError}.get(kind, CallFailedError)
     session = worker.session_for({**payload, "faults": None})  # the platform reports, not a (faulty) worker
-    keys = JobKeys.from_payload(payload)
     for call in payload["calls"]:
-        status_key = keys.status(call["call_id"], call["attempt"])
-        if status_key not in session.list(status_key):
-            worker.write_status(session, keys, call, worker.failure_status(payload, call, kind, error_type(message)))
+        worker.report_failure(session, payload, call, kind, message)
