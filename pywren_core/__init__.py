@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from pywren_core.backend import BackendInfo, ConfigField, Limits  # noqa: E402
-from pywren_core.futures import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, ResponseFuture, get_result, wait  # noqa: E402
+from pywren_core.futures import (  # noqa: E402
+    ALL_COMPLETED,
+    ALWAYS,
+    ANY_COMPLETED,
+    FIRST_EXCEPTION,
+    ResponseFuture,
+    get_result,
+    wait,
+)
 from pywren_core.hookspecs import hookimpl  # noqa: E402
 
 if TYPE_CHECKING:
@@ -48,6 +56,7 @@ __all__ = [
     "ALL_COMPLETED",
     "ALWAYS",
     "ANY_COMPLETED",
+    "FIRST_EXCEPTION",
     "BackendInfo",
     "ConfigField",
     "Executor",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -11,9 +10,9 @@ from typing import Any
 
 from pywren_core import __version__, manifests
 from pywren_core import config as config_module
-from pywren_core.errors import PywrenError
+from pywren_core.errors import ConfigError, PywrenError, SignatureError
 from pywren_core.plugins import Backend, backend_entries, load_backend
-from pywren_core.protocol import JOBS_PREFIX, JobKeys, parse_status_key
+from pywren_core.protocol import JOBS_PREFIX, JobKeys, executor_started, load_status, parse_status_key
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -93,42 +92,85 @@ def _hello(x: int) -> str:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    """Delete job objects: one job, one executor's, or all of them."""
+    """Delete job objects and their manifests: one job, one executor's, old ones, or all of them."""
+    if sum(map(bool, (args.target, args.all, args.older_than))) != 1:
+        print("say what to clean: an EXECUTOR_ID, EXECUTOR_ID/JOB_ID, --older-than AGE, or --all", file=sys.stderr)
+        return 2
     cfg, backend = _load(args)
     session = backend.open(cfg.backend_section(backend.info))
-    if args.all:
-        prefix = f"{JOBS_PREFIX}/"
-    elif args.target:
-        prefix = f"{JOBS_PREFIX}/{args.target.strip('/')}/"
-    else:
-        print("say what to clean: an EXECUTOR_ID, EXECUTOR_ID/JOB_ID, or --all", file=sys.stderr)
-        return 2
-    keys = session.list(prefix)
-    session.delete(keys)
-    print(f"deleted {len(keys)} objects under {prefix}")
+    try:
+        if args.target:
+            executor_id, _, job_id = args.target.strip("/").partition("/")
+            if not _is_id(executor_id) or (job_id and not _is_id(job_id)):
+                raise ConfigError(f"not a job or executor id: {args.target!r} (EXECUTOR_ID or EXECUTOR_ID/JOB_ID)")
+            prefixes = [JobKeys(executor_id, job_id).prefix if job_id else f"{JOBS_PREFIX}/{executor_id}/"]
+        else:
+            keys = session.list(f"{JOBS_PREFIX}/")
+            executors = sorted({key.split("/")[1] for key in keys if key.count("/") >= 2})
+            if args.older_than:
+                cutoff = time.time() - _duration(args.older_than)
+                executors = [e for e in executors if (started := executor_started(e)) is not None and started < cutoff]
+            prefixes = [f"{JOBS_PREFIX}/{e}/" for e in executors]
+        deleted = 0
+        for prefix in prefixes:
+            keys = session.list(prefix)
+            session.delete(keys)
+            deleted += len(keys)
+            executor_id, _, job_id = prefix[len(JOBS_PREFIX) + 1 :].strip("/").partition("/")
+            manifests.remove_all(executor_id, job_id or None)
+    finally:
+        session.close()
+    print(f"deleted {deleted} objects of {len(prefixes)} {'job' if args.target and '/' in args.target else 'executor'}"
+          f"{'s' if len(prefixes) != 1 else ''}")
     return 0
+
+
+def _is_id(text: str) -> bool:
+    return bool(text) and text.isalnum()
+
+
+def _duration(text: str) -> float:
+    """Seconds in a duration like ``90s``, ``30m``, ``12h``, ``1d`` or ``2w``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:]
+    try:
+        if unit not in units or float(number) < 0:
+            raise ValueError
+        return float(number) * units[unit]
+    except ValueError:
+        raise ConfigError(f"--older-than wants an age like 30m, 12h, 1d or 2w, not {text!r}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """How far a job got, read from storage: works from any process, even after the client died."""
     cfg, backend = _load(args)
-    session = backend.open(cfg.backend_section(backend.info))
     manifest = manifests.read(args.job)
+    session = backend.open(cfg.backend_section(backend.info))
     keys = JobKeys(manifest["executor_id"], manifest["job_id"])
+    secret = bytes.fromhex(manifest["secret"])
     kinds: dict[str, int] = {}
     reported = set()
-    for key in session.list(keys.prefix + "status/"):
-        parsed = parse_status_key(key)
-        if parsed is None:
-            continue
-        kind = json.loads(session.get(key)).get("kind", "unknown")
-        if kind == "success" or parsed[0] not in reported:
-            reported.add(parsed[0])
-            kinds[kind] = kinds.get(kind, 0) + 1
+    forged = 0
+    try:
+        for key in session.list(keys.prefix + "status/"):
+            parsed = parse_status_key(key)
+            if parsed is None:
+                continue
+            try:
+                kind = load_status(secret, keys, parsed[0], parsed[1], session.get(key)).get("kind", "unknown")
+            except SignatureError:
+                forged += 1
+                continue
+            if kind == "success" or parsed[0] not in reported:
+                reported.add(parsed[0])
+                kinds[kind] = kinds.get(kind, 0) + 1
+    finally:
+        session.close()
     pending = manifest["calls"] - len(reported)
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    ignored = f"; {forged} status objects not signed by this job, ignored" if forged else ""
     print(f"job {args.job} on {manifest['backend']}: {manifest['calls']} calls; {summary or 'none reported'}; "
-          f"{pending} not reported yet")
+          f"{pending} not reported yet{ignored}")
     print(f"collect the results with: pw.executor().attach({args.job!r})")
     return 0
 
@@ -174,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean = command("clean", cmd_clean, "delete the storage objects of a job or an executor")
     clean.add_argument("target", nargs="?", help="EXECUTOR_ID or EXECUTOR_ID/JOB_ID")
     clean.add_argument("--all", action="store_true", help="every job's objects")
+    clean.add_argument("--older-than", metavar="AGE", help="jobs of executors started longer ago (30m, 12h, 1d, 2w)")
     status = command("status", cmd_status, "how far a job got (works after the client died)")
     status.add_argument("job", help="EXECUTOR_ID/JOB_ID, as in a future's executor_id and job_id")
     command("deploy", cmd_deploy, "create or update the backend's cloud function")

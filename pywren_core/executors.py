@@ -2,21 +2,32 @@
 
 Flow of one job: the function is pickled and signed once (``func.pickle``); each call's arguments
 are pickled and signed, then sent inline in the invoke payload when they fit the backend's payload
-limit, or else stored back to back in one ``args.pickle`` that workers read by byte range. An
-invoker thread pool issues the invocations (throttling is waited out, never a dropped call). A
-monitor thread lists one status prefix per 1,000 pending calls per round, with an interval that
-shrinks when results arrive and grows when they do not, and completes each future from its status.
+limit, or else stored back to back in one ``args.pickle`` that workers read by byte range. Every
+call's state lives in one :class:`~pywren_core.calls.CallTracker`; two kinds of thread report to
+it. Invoker threads issue the invocations (throttling and lost answers are waited out, never a
+dropped call). A monitor thread lists one status prefix per 1,000 open calls per round, with an
+interval that shrinks when results arrive and grows when they do not, verifies each status record
+and reports it, declares calls lost past their deadline, and drains the backend's call events.
+
+The executor itself only submits and collects: its threads hold the engine, never the executor,
+so an executor that is dropped without ``shutdown()`` is collected, its calls still complete, and
+its threads end once they have. At interpreter exit, calls still open are cancelled and every
+job's objects are deleted.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import itertools
 import json
+import logging
+import os
 import queue
 import statistics
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -26,19 +37,19 @@ from pywren_core import __version__, manifests, serialize
 from pywren_core import config as config_module
 from pywren_core import futures as futures_module
 from pywren_core.backend import Pacer, Session, backoff_delay
+from pywren_core.calls import _FAILURES, Call, CallTracker, Job, Outcome
 from pywren_core.errors import (
-    CallFailedError,
-    CallTimeoutError,
+    AmbiguousInvokeError,
     ConfigError,
     InvokeError,
+    NotFoundError,
     PywrenError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
     SignatureError,
+    StorageError,
     ThrottledError,
-    VersionMismatchError,
-    WorkerDiedError,
 )
 from pywren_core.faults import FaultConfig, FaultInjector
 from pywren_core.futures import ALL_COMPLETED, ResponseFuture
@@ -51,13 +62,14 @@ from pywren_core.protocol import (
     b64,
     exception_context,
     func_context,
-    group_of,
     load_status,
-    new_id,
+    new_executor_id,
     new_secret,
     parse_status_key,
     python_version,
     result_context,
+    seal,
+    secret_context,
     sign,
     unb64,
     verify,
@@ -66,41 +78,17 @@ from pywren_core.protocol import (
     call_id as make_call_id,
 )
 
+log = logging.getLogger("pywren_core")
+
 RESULT_INLINE_MAX = 64 * 1024
-#: Failures worth another attempt: the call itself never ran to an answer.
-RETRYABLE = {"died": WorkerDiedError, "timeout": CallTimeoutError, "error": CallFailedError}
-_FAILURES = {**RETRYABLE, "refused": VersionMismatchError}
 _CALL_OVERHEAD = 96  # JSON bytes around one call's entry in a payload
 #: The pause after a round of polling is at least this many times the round's listing took.
 POLL_COST_FACTOR = 4.0
-
-
-@attrs.define(eq=False)
-class _Call:
-    future: ResponseFuture
-    args: dict[str, Any]
-    invoked_at: float | None = None
-    #: Attempts that may still report: one, or two while a speculative backup races the original.
-    live: set[int] = attrs.field(factory=lambda: {0})
-
-
-@attrs.define(eq=False)
-class _Job:
-    keys: JobKeys
-    secret: bytes
-    base_payload: dict[str, Any]
-    calls: dict[str, _Call]
-    timeout: float
-    pending: dict[str, set[str]] = attrs.field(factory=dict)
-    last_progress: float = attrs.field(factory=time.time)
-    #: Collected by a new client (``Executor.attach``): arguments unknown, so never invoked again.
-    attached: bool = False
-    #: Seconds from invocation to completion of the calls done so far, for speculation.
-    durations: list[float] = attrs.field(factory=list)
-
-    def payload(self, calls: Sequence[_Call]) -> dict[str, Any]:
-        entries = [{"call_id": c.future.call_id, "attempt": c.future.attempt, "args": c.args} for c in calls]
-        return {**self.base_payload, "calls": entries}
+#: Rounds in a row a job's status listing may fail with a storage error (not throttling) before
+#: the job fails with it: retrying will not fix denied access or a missing bucket.
+LISTING_FAILURES = 3
+#: Seconds the monitor gets to finish its round when the executor stops.
+STOP_TIMEOUT = 10.0
 
 
 class Executor(concurrent.futures.Executor):
@@ -131,17 +119,14 @@ class Executor(concurrent.futures.Executor):
             self.faults = FaultInjector(fault_config, "client")
             wrappers = [*wrappers, self.faults]
         self.session: Session = self.backend.open(self.section, role="client", wrappers=wrappers)
-        self.executor_id = new_id()
+        self.executor_id = new_executor_id()
         self._job_numbers = itertools.count()
-        self._uncollected: list[ResponseFuture] = []
-        self._invoker = _Invoker(
-            self.session,
-            max(1, min(config.invoke_threads, limits.max_concurrency)),
-            limits.max_invoke_rate,
-            self.timeout,
-        )
-        self._monitor = _Monitor(self)
+        #: Futures not yet collected by ``get_result``, in submission order (a dict as an ordered set).
+        self._uncollected: dict[ResponseFuture, None] = {}
+        self._engine = _Engine(self.session, self.info, config, self.timeout)
         self._closed = False
+        # Dropped without shutdown(): the calls still complete, then the engine's threads end.
+        weakref.finalize(self, self._engine.stop, False).atexit = False
 
     # --- submitting -------------------------------------------------------------------------
 
@@ -188,12 +173,12 @@ class Executor(concurrent.futures.Executor):
                 results = futures_module.get_result(map_futures, progress=False)
                 inner = self.call_async(reduce_func, results)
                 outer.job_id, outer.call_id = inner.job_id, inner.call_id
-                outer.set_result(inner.result())
+                outer._settle(result=inner.result())
                 outer.stats, outer.stdout, outer.stderr = inner.stats, inner.stdout, inner.stderr
             except BaseException as exc:
-                outer.set_exception(exc)
+                outer._settle(exception=exc)
 
-        self._uncollected.append(outer)
+        self._uncollected[outer] = None
         threading.Thread(target=reduce_when_mapped, name="pywren-reduce", daemon=True).start()
         return outer
 
@@ -232,7 +217,7 @@ class Executor(concurrent.futures.Executor):
             "executor_id": keys.executor_id,
             "job_id": keys.job_id,
             "func_key": keys.func,
-            "secret": secret.hex(),
+            **self._secret_field(keys, secret),
             "timeout": self.timeout,
             "python": python_version(),
             "core_version": __version__,
@@ -240,23 +225,37 @@ class Executor(concurrent.futures.Executor):
         }
         if self.faults is not None:
             base_payload["faults"] = attrs.asdict(self.faults.config)
-        arg_specs = self._arg_specs(keys, base_payload, signed, chunksize)
-        manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
+        # Storage first: a missing bucket fails here, before a manifest or an invocation exists.
         self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
-        job = _Job(keys, secret, base_payload, {}, self.timeout)
+        try:
+            arg_specs = self._arg_specs(keys, base_payload, signed, chunksize)
+            manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
+        except BaseException:
+            self.session.delete(self.session.list(keys.prefix))
+            raise
+        job = Job(keys, secret, base_payload, self.timeout)
         futures = []
         for cid, spec in zip(ids, arg_specs, strict=True):
             future = ResponseFuture(keys.executor_id, keys.job_id, cid)
-            job.calls[cid] = _Call(future, spec)
-            job.pending.setdefault(group_of(cid), set()).add(cid)
+            call = Call(job, cid, future, spec)
+            future._call = call
+            job.add(call)
             futures.append(future)
-        self._monitor.add(job)
-        call_list = list(job.calls.values())
-        for start in range(0, len(call_list), chunksize):
-            chunk = call_list[start : start + chunksize]
-            self._invoker.submit(job.payload(chunk), chunk)
-        self._uncollected.extend(futures)
+        self._engine.start_job(job, chunksize)
+        self._uncollected.update(dict.fromkeys(futures))
         return futures
+
+    def _secret_field(self, keys: JobKeys, secret: bytes) -> dict[str, str]:
+        """The job secret for the payload: sealed when the backend has a payload key (its payloads
+        may rest where storage's writers can read them), else as it is."""
+        payload_key = self.section.get("payload_key")
+        if payload_key:
+            try:
+                key = bytes.fromhex(payload_key)
+            except ValueError:
+                raise ConfigError(f"{self.info.name}.payload_key must be hex (e.g. 64 hex digits)") from None
+            return {"sealed_secret": seal(key, secret, secret_context(keys))}
+        return {"secret": secret.hex()}
 
     def _arg_specs(
         self, keys: JobKeys, base_payload: dict[str, Any], signed: list[bytes], chunksize: int
@@ -285,20 +284,18 @@ class Executor(concurrent.futures.Executor):
         if manifest["backend"] != self.info.name:
             raise ConfigError(f"job {job} ran on backend {manifest['backend']!r}, not {self.info.name!r}")
         keys = JobKeys(manifest["executor_id"], manifest["job_id"])
-        attached = _Job(keys, bytes.fromhex(manifest["secret"]), {}, {}, manifest["timeout"], attached=True)
+        attached = Job(keys, bytes.fromhex(manifest["secret"]), {}, manifest["timeout"], attached=True)
         width = max(5, len(str(manifest["calls"] - 1)))
-        now = time.time()
         futures = []
         for index in range(manifest["calls"]):
             cid = make_call_id(index, width)
             future = ResponseFuture(keys.executor_id, keys.job_id, cid)
-            future.set_running_or_notify_cancel()
-            future.stats["invoked"] = now
-            attached.calls[cid] = _Call(future, {}, invoked_at=now)
-            attached.pending.setdefault(group_of(cid), set()).add(cid)
+            call = Call(attached, cid, future, {})
+            future._call = call
+            attached.add(call)
             futures.append(future)
-        self._monitor.add(attached)
-        self._uncollected.extend(futures)
+        self._engine.attach_job(attached)
+        self._uncollected.update(dict.fromkeys(futures))
         return futures
 
     # --- collecting -------------------------------------------------------------------------
@@ -313,38 +310,37 @@ class Executor(concurrent.futures.Executor):
         fs = list(self._uncollected) if fs is None else fs
         return futures_module.wait(fs, return_when, timeout, self._progress())
 
-    def get_result(self, fs: Any = None, timeout: float | None = None) -> Any:
+    def get_result(self, fs: Any = None, timeout: float | None = None, throw_except: bool = True) -> Any:
         """Results in order, re-raising the first remote exception with its remote traceback.
 
         ``fs`` is a list of futures, one future (its result alone is returned) or None: every
-        future of this executor not yet collected by ``get_result()``.
+        future of this executor not yet collected by ``get_result()``. Collected futures are
+        forgotten by the executor. With ``throw_except=False`` a failed call's exception stands in
+        its place instead of being raised.
         """
-        if isinstance(fs, concurrent.futures.Future):
-            return futures_module.get_result([fs], timeout, self._progress())[0]
-        collecting_all = fs is None
-        fs = list(self._uncollected) if collecting_all else list(fs)
-        results = futures_module.get_result(fs, timeout, self._progress())
-        if collecting_all:
-            collected = set(map(id, fs))
-            self._uncollected = [f for f in self._uncollected if id(f) not in collected]
-        return results
+        single = isinstance(fs, concurrent.futures.Future)
+        fs = [fs] if single else list(self._uncollected) if fs is None else list(fs)
+        results = futures_module.get_result(fs, timeout, self._progress(), throw_except)
+        for f in fs:
+            self._uncollected.pop(f, None)
+        return results[0] if single else results
 
     def _progress(self) -> bool | None:
         return None if self.config.progress else False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking calls. ``cancel_futures`` cancels every call not yet settled; ``wait`` waits
+        for the rest and for their jobs' cleanup. Without ``wait``, calls still complete and the
+        executor's threads end once they have."""
         if self._closed:
             return
-        if cancel_futures:
-            for f in self._uncollected:
-                f.cancel()
-        if wait:
-            futures_module.wait(self._uncollected, ALL_COMPLETED, progress=False)
         self._closed = True
-        self._invoker.stop()
-        self._monitor.stop(wait)
-        if wait:
-            self.session.close()
+        self._engine.stop(wait, cancel=cancel_futures)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        # An exception (Ctrl-C among them) leaves the block: nobody will collect these calls.
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        return False
 
     def clean(self, job_id: str | None = None) -> int:
         """Delete this executor's objects in storage (or one job's); returns how many were deleted."""
@@ -353,118 +349,157 @@ class Executor(concurrent.futures.Executor):
         self.session.delete(keys)
         return len(keys)
 
-    # --- completing futures (called from the monitor thread) ---------------------------------
 
-    def _complete(self, job: _Job, call: _Call, status: dict[str, Any]) -> None:
-        future = call.future
-        kind = status.get("kind")
-        attempt = status.get("attempt")
-        if kind not in ("success", "exception") and attempt is not None and call.live - {attempt}:
-            call.live.discard(attempt)  # the other attempt of this call may still answer
-            return
-        future.stats.update(status.get("stats") or {})
-        future.stats["done"] = time.time()
-        future.stdout, future.stderr = status.get("stdout", ""), status.get("stderr", "")
+class _Engine:
+    """An executor's tracker, threads and session; what keeps running until its calls settle."""
+
+    def __init__(self, session: Session, info: Any, config: config_module.Config, timeout: float):
+        self.session = session
+        self.info = info
+        self.config = config
+        self.timeout = timeout
+        self.tracker = CallTracker(config.retries, self._reinvoke, self._retired, self._stop_remote)
+        limits = info.limits
+        threads = max(1, min(config.invoke_threads, limits.max_concurrency))
+        self.invoker = _Invoker(session, self.tracker, threads, limits.max_invoke_rate, timeout)
+        self.cleaner = _Cleaner(session)
+        self.monitor = _Monitor(self)
+        self.stopping = False
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        atexit.register(self.exit_now)
+        _engines.add(self)
+
+    def forked(self) -> None:
+        """In a forked child: the parent's calls are the parent's (their futures here are cancelled),
+        and none of its threads exist here; start afresh with this process's own."""
+        for call in self.tracker.open_calls():
+            call.future._settle_cancelled()
+        atexit.unregister(self.exit_now)
+        self.__init__(self.session, self.info, self.config, self.timeout)  # type: ignore[misc]
+
+    def start_job(self, job: Job, chunksize: int) -> None:
+        self.tracker.add_job(job)
+        self.monitor.start()
+        calls = list(job.calls.values())
+        for start in range(0, len(calls), chunksize):
+            self.invoker.submit(job, calls[start : start + chunksize])
+
+    def attach_job(self, job: Job) -> None:
+        self.tracker.add_job(job)
+        calls = list(job.calls.values())
+        self.tracker.invoked(calls, {c.call_id: 0 for c in calls}, (time.monotonic(), time.time()))
+        self.monitor.start()
+
+    def _reinvoke(self, job: Job, calls: list[Call]) -> None:
+        self.invoker.submit(job, calls)
+
+    def _retired(self, job: Job) -> None:
+        if self.config.cleanup:
+            self.cleaner.submit(job)
+
+    def _stop_remote(self, job: Job, call_ids: list[str]) -> None:
         try:
-            if kind == "success":
-                blob = unb64(status["result"]) if "result" in status else self.session.get(status["result_key"])
-                future.set_result(serialize.loads(verify(job.secret, result_context(job.keys, future.call_id), blob)))
-                job.durations.append(future.stats["done"] - future.stats.get("invoked", future.stats["done"]))
-            elif kind == "exception":
-                future.set_exception(self._remote_exception(job, future.call_id, status.get("error") or {}))
-            elif kind in RETRYABLE and future.attempt < self.config.retries and not job.attached:
-                self._retry(job, call)
+            self.session.cancel(job.keys.executor_id, job.keys.job_id, call_ids)
+        except Exception as exc:
+            log.warning("could not ask %s to stop cancelled calls of job %s: %s", self.info.name, job.keys.job_id, exc)
+
+    def stop(self, wait: bool, cancel: bool = False) -> None:
+        """Stop once every call has settled (at once with ``cancel``); ``wait`` blocks until then."""
+        if cancel:
+            self.tracker.cancel_all(self.tracker.open_calls())
+        self.stopping = True
+        if not self.monitor.start(idle_ok=True):
+            self._finish()
+        elif wait:
+            self.monitor.wake()
+            futures_module.wait([c.future for c in self.tracker.open_calls()], progress=False)
+        while wait and not self._stopped.wait(1.0):
+            if not self.monitor.alive:  # it ended without finishing (it never does, but never hang)
+                self._finish()
+
+    def _finish(self) -> None:
+        """The last act, on the monitor thread (or the caller's, when there never was one)."""
+        with self._stop_lock:
+            if self._stopped.is_set():
                 return
-            else:
-                error = status.get("error") or {}
-                if error.get("type") == "SignatureError":
-                    failure: BaseException = SignatureError(error.get("message", ""))
-                else:
-                    failure = _FAILURES.get(kind, CallFailedError)(
-                        error.get("message") or f"call ended with status {kind!r}"
-                    )
-                if kind in RETRYABLE and self.config.retries:
-                    failure.add_note(f"gave up after {future.attempt + 1} attempts (retries={self.config.retries})")
-                future.set_exception(failure)
-        except concurrent.futures.InvalidStateError:  # cancelled meanwhile
-            pass
-        except Exception as exc:  # a result that fails its signature or cannot be unpickled here
-            if not future.done():
-                future.set_exception(exc)
-        self._monitor.finished(job, call)
-
-    def _remote_exception(self, job: _Job, call_id: str, error: dict[str, Any]) -> BaseException:
-        exc: BaseException | None = None
-        if "pickle" in error:
+            self.invoker.stop()
+            self.cleaner.stop()
             try:
-                exc = serialize.loads(verify(job.secret, exception_context(job.keys, call_id), unb64(error["pickle"])))
-            except SignatureError as bad:
-                return bad
-            except Exception:
-                exc = None
-        if not isinstance(exc, BaseException):
-            exc = RemoteError(error.get("type", "Exception"), error.get("message", ""))
-        exc.__cause__ = RemoteTraceback(error.get("traceback", ""))
-        return exc
+                self.session.close()
+            except Exception as exc:
+                log.warning("closing the %s session failed: %s", self.info.name, exc)
+            self._stopped.set()
+        atexit.unregister(self.exit_now)
 
-    def _retry(self, job: _Job, call: _Call, *, keep_running: bool = False) -> None:
-        """Invoke the call again; ``keep_running`` leaves the running attempt free to win the race."""
-        future = call.future
-        future.attempt += 1
-        future.stats["attempts"] = future.attempt + 1
-        call.live = (call.live if keep_running else set()) | {future.attempt}
-        call.invoked_at = None
-        self._invoker.submit(job.payload([call]), [call])
+    def exit_now(self) -> None:
+        """At interpreter exit: cancel what is still open, delete every job's objects, close."""
+        if self._stopped.is_set():
+            return
+        self.tracker.cancel_all(self.tracker.open_calls())
+        self.stopping = True
+        self.monitor.stop_now()
+        self._finish()
 
 
 class _Invoker:
-    """Issues invocations from a bounded thread pool, pacing them and waiting out throttling."""
+    """Issues invocations from a bounded thread pool, pacing them and waiting out throttling and
+    lost answers. Calls settled meanwhile (cancelled, done by a racing attempt) are left out."""
 
-    def __init__(self, session: Session, threads: int, rate: float | None, give_up_after: float):
+    def __init__(self, session: Session, tracker: CallTracker, threads: int, rate: float | None, give_up_after: float):
         self.session = session
+        self.tracker = tracker
         self.threads = threads
         self.pacer = Pacer(rate)
         self.give_up_after = give_up_after
-        self.queue: queue.SimpleQueue[tuple[dict[str, Any], list[_Call]] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[Job, list[Call], dict[str, int]] | None] = queue.SimpleQueue()
         self._started: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._stopped = False
 
-    def submit(self, payload: dict[str, Any], calls: list[_Call]) -> None:
+    def submit(self, job: Job, calls: list[Call]) -> None:
         if not self._started:
             with self._lock:
-                while len(self._started) < self.threads:
+                while len(self._started) < self.threads and not self._stopped:
                     thread = threading.Thread(target=self._run, name="pywren-invoker", daemon=True)
                     thread.start()
                     self._started.append(thread)
-        self.queue.put((payload, calls))
+        self.queue.put((job, calls, {c.call_id: c.attempt for c in calls}))
 
     def stop(self) -> None:
-        for _ in self._started:
-            self.queue.put(None)
+        with self._lock:
+            self._stopped = True
+            for _ in self._started:
+                self.queue.put(None)
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
-            payload, calls = item
-            live = [c for c in calls if c.future.running() or c.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            self._invoke(payload, live)
+            job, calls, attempt_of = item
+            live = [c for c in calls if not c.settled and c.attempt == attempt_of[c.call_id]]
+            if live:
+                self._invoke(job, live, attempt_of)
 
-    def _invoke(self, payload: dict[str, Any], calls: list[_Call]) -> None:
+    def _invoke(self, job: Job, calls: list[Call], attempt_of: dict[str, int]) -> None:
+        payload = job.payload(calls)
         started = time.monotonic()
+        throttled = ambiguous = 0
         for attempt in itertools.count():
             self.pacer.wait()
-            issued = time.time()
+            issued = (time.monotonic(), time.time())
             try:
                 self.session.invoke(payload)
-            except ThrottledError as exc:
+            except (ThrottledError, AmbiguousInvokeError) as exc:
+                if isinstance(exc, ThrottledError):
+                    throttled += 1
+                else:
+                    ambiguous += 1
                 if time.monotonic() - started > self.give_up_after:
-                    self._fail(
-                        calls,
-                        InvokeError(f"the platform kept throttling invocations for {self.give_up_after} s: {exc}"),
-                    )
+                    error = InvokeError(f"invoking failed for {self.give_up_after} s, the last time with: {exc}")
+                    self.tracker.invoke_failed(calls, attempt_of, error)
                     return
-                time.sleep(backoff_delay(min(attempt, 7), exc.retry_after))
+                if all(c.settled for c in calls):  # cancelled while we waited
+                    return
+                time.sleep(backoff_delay(min(attempt, 7), getattr(exc, "retry_after", None)))
                 continue
             except Exception as exc:
                 error = (
@@ -472,175 +507,315 @@ class _Invoker:
                     if isinstance(exc, PywrenError)
                     else InvokeError(f"invoking failed: {type(exc).__name__}: {exc}")
                 )
-                self._fail(calls, error)
+                self.tracker.invoke_failed(calls, attempt_of, error)
                 return
-            for c in calls:
-                c.invoked_at = issued
-                c.future.stats.setdefault("invoked", issued)
-                c.future.stats["invoke_retries"] = c.future.stats.get("invoke_retries", 0) + attempt
+            self.tracker.invoked(calls, attempt_of, issued, ambiguous=ambiguous, throttled=throttled)
             return
 
-    @staticmethod
-    def _fail(calls: list[_Call], error: BaseException) -> None:
-        for c in calls:
-            if not c.future.done():
-                c.future.set_exception(error)
 
+class _Cleaner:
+    """Deletes retired jobs' objects and manifests on a thread of its own (thousands of objects
+    take a while); what is queued when it stops is deleted by the stopping thread."""
 
-class _Monitor:
-    """Completes futures from status records, detects lost calls, and cleans finished jobs."""
-
-    def __init__(self, executor: Executor):
-        self.executor = executor
-        self.session = executor.session
-        self.min_interval, self.max_interval = executor.info.poll_interval
-        self.jobs: list[_Job] = []
-        self._lock = threading.Lock()
-        self._wakeup = threading.Event()
-        self._stopped = False
+    def __init__(self, session: Session):
+        self.session = session
+        self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._cleaner = concurrent.futures.ThreadPoolExecutor(1, "pywren-cleanup")
-        self._io: concurrent.futures.ThreadPoolExecutor | None = None
-        if executor.info.storage_concurrency > 1:
-            self._io = concurrent.futures.ThreadPoolExecutor(executor.info.storage_concurrency, "pywren-io")
+        self._lock = threading.Lock()
 
-    def add(self, job: _Job) -> None:
+    def submit(self, job: Job) -> None:
         with self._lock:
-            self.jobs.append(job)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="pywren-monitor", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="pywren-cleanup", daemon=True)
                 self._thread.start()
-        self._wakeup.set()
-
-    def stop(self, wait: bool) -> None:
-        self._stopped = True
-        self._wakeup.set()
-        if wait and self._thread is not None:
-            self._thread.join()  # its last acts: hand finished jobs to the cleaner, shut its pools
-            self._cleaner.shutdown(wait=True)
-
-    def finished(self, job: _Job, call: _Call) -> None:
-        job.pending.get(group_of(call.future.call_id), set()).discard(call.future.call_id)
-        job.last_progress = time.time()
+        self.queue.put(job)
 
     def _run(self) -> None:
-        interval = self.min_interval
-        last_check = time.monotonic()
-        while not self._stopped:
-            self._wakeup.clear()
-            try:
-                progressed, listing = self._poll()
-            except Exception as exc:  # storage trouble: keep polling, the calls still count down to their deadline
-                progressed, listing = False, 0.0
-                self._warn(exc)
-            if time.monotonic() - last_check > 1.0:
-                self._check_deadlines()
-                last_check = time.monotonic()
-            self._retire_done_jobs()
-            interval = self.min_interval if progressed else min(self.max_interval, interval * 1.5)
-            # Listing must not starve the calls it waits for: at most a fifth of the time goes to it.
-            interval = max(interval, POLL_COST_FACTOR * listing)
-            with self._lock:
-                idle = not self.jobs
-            self._wakeup.wait(None if idle else interval)
-        self._retire_done_jobs()
-        # Here, not in stop(): until now this thread may still be using them.
-        self._cleaner.shutdown(wait=False)
-        if self._io is not None:
-            self._io.shutdown(wait=False)
+        while (job := self.queue.get()) is not None:
+            self.clean(job)
 
-    def _warn(self, exc: Exception) -> None:
-        import logging
-
-        logging.getLogger("pywren_core").warning("polling for results failed (will retry): %s", exc)
-
-    def _poll(self) -> tuple[bool, float]:
-        """Complete the calls whose status appeared; return whether any did, and the listing's cost."""
-        with self._lock:
-            jobs = list(self.jobs)
-        listing_started = time.monotonic()
-        found: list[tuple[_Job, _Call, str]] = []
-        for job in jobs:
-            for group, pending in list(job.pending.items()):
-                if not pending or all(job.calls[c].invoked_at is None for c in pending):
-                    continue
-                for key in self.session.list(job.keys.status_group(group)):
-                    parsed = parse_status_key(key)
-                    if parsed is None or parsed[0] not in pending:
-                        continue
-                    call = job.calls[parsed[0]]
-                    if parsed[1] in call.live and not call.future.cancelled():
-                        found.append((job, call, key))
-        listing = time.monotonic() - listing_started
-        if not found:
-            return False, listing
-        parallel = self._io is not None and len(found) > 1
-        statuses = self._io.map(self._fetch, found) if parallel else map(self._fetch, found)  # type: ignore[union-attr]
-        for (job, call, _), status in zip(found, statuses, strict=True):
-            if status is not None:
-                self.executor._complete(job, call, status)
-        return True, listing
-
-    def _fetch(self, item: tuple[_Job, _Call, str]) -> dict[str, Any] | None:
-        """A status record, or None when it cannot be read now (it is read again next round)."""
-        job, call, key = item
-        try:
-            parsed = parse_status_key(key)
-            return load_status(job.secret, job.keys, call.future.call_id, parsed[1], self.session.get(key))
-        except Exception as exc:
-            self._warn(exc)
-            return None
-
-    def _check_deadlines(self) -> None:
-        now = time.time()
-        grace = self.executor.config.lost_grace
-        with self._lock:
-            jobs = list(self.jobs)
-        for job in jobs:
-            if self.executor.config.speculative:
-                self._speculate(job, now)
-            for pending in list(job.pending.values()):
-                for call_id in list(pending):
-                    call = job.calls[call_id]
-                    if call.future.cancelled():
-                        self.finished(job, call)
-                    elif (
-                        call.invoked_at is not None
-                        and now - max(call.invoked_at, job.last_progress) > job.timeout + grace
-                    ):
-                        message = (
-                            f"no worker reported on call {job.keys.job_id}/{call_id} within its timeout of "
-                            f"{job.timeout} s plus {grace} s: the invocation was lost or the worker hung"
-                        )
-                        if job.attached:
-                            message += " (an attached job's calls are not invoked again: their arguments are gone)"
-                        status = {"kind": "timeout", "error": {"type": "CallTimeoutError", "message": message}}
-                        self.executor._complete(job, call, status)
-
-    def _speculate(self, job: _Job, now: float) -> None:
-        """Back up stragglers: once half of the job is done, a call running longer than
-        ``speculative_factor`` times the median call is invoked once more; the first answer wins."""
-        if job.attached or len(job.durations) < max(3, len(job.calls) // 2):
-            return
-        limit = self.executor.config.speculative_factor * statistics.median(job.durations)
-        for pending in list(job.pending.values()):
-            for call_id in list(pending):
-                call = job.calls[call_id]
-                if len(call.live) == 1 and call.invoked_at is not None and now - call.invoked_at > limit:
-                    call.future.stats["speculated"] = True
-                    self.executor._retry(job, call, keep_running=True)
-
-    def _retire_done_jobs(self) -> None:
-        with self._lock:
-            done = [job for job in self.jobs if not any(job.pending.values())]
-            self.jobs = [job for job in self.jobs if any(job.pending.values())]
-        if self.executor.config.cleanup:
-            for job in done:  # off the polling thread: deleting thousands of objects takes a while
-                self._cleaner.submit(self._clean, job)
-
-    def _clean(self, job: _Job) -> None:
+    def clean(self, job: Job) -> None:
         try:
             self.session.delete(self.session.list(job.keys.prefix))
             manifests.remove(job.keys)
         except Exception as exc:
-            self._warn(exc)
+            log.warning("cleaning up job %s failed: %s (`pywren clean` removes it later)", job.keys.job_id, exc)
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self.queue.put(None)
+            thread.join(STOP_TIMEOUT)
+        while True:  # whatever the thread did not get to
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                self.clean(job)
+
+
+class _Monitor:
+    """Reports statuses, platform events and lost calls to the tracker; ends the engine when done."""
+
+    def __init__(self, engine: _Engine):
+        self.engine = engine
+        self.session = engine.session
+        self.tracker = engine.tracker
+        self.config = engine.config
+        self.min_interval, self.max_interval = engine.info.poll_interval
+        self._wakeup = threading.Event()
+        self._halt = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        if engine.info.storage_concurrency > 1:
+            self._io = concurrent.futures.ThreadPoolExecutor(engine.info.storage_concurrency, "pywren-io")
+        #: Per job: consecutive failed listing rounds, and when the streak began (monotonic).
+        self._listing_failures: dict[int, tuple[int, float]] = {}
+        self._warned: set[str] = set()
+
+    def start(self, idle_ok: bool = False) -> bool:
+        """Start the thread if needed; False (and nothing started) when ``idle_ok`` and none runs."""
+        with self._lock:
+            if self._thread is None:
+                if idle_ok:
+                    return False
+                self._thread = threading.Thread(target=self._run, name="pywren-monitor", daemon=True)
+                self._thread.start()
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop_now(self) -> None:
+        self._halt = True
+        self.wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(STOP_TIMEOUT)
+
+    def _run(self) -> None:
+        interval = self.min_interval
+        last_check = time.monotonic()
+        try:
+            while not self._halt:
+                self._wakeup.clear()
+                jobs = self.tracker.active_jobs()
+                if not jobs:
+                    if self.engine.stopping:
+                        break
+                    self._wakeup.wait()
+                    continue
+                self._drain_events(jobs)
+                progressed, listing = self._poll(jobs)
+                if time.monotonic() - last_check > 1.0:
+                    self._check_deadlines(jobs)
+                    last_check = time.monotonic()
+                interval = self.min_interval if progressed else min(self.max_interval, interval * 1.5)
+                # Listing must not starve the calls it waits for: at most a fifth of the time goes to it.
+                interval = max(interval, POLL_COST_FACTOR * listing)
+                self._wakeup.wait(interval)
+        except Exception as exc:  # a bug: fail the open calls rather than leave them waiting forever
+            log.exception("the pywren monitor failed")
+            for job in self.tracker.active_jobs():
+                self.tracker.fail_job(job, PywrenError(f"the client's monitor thread failed: {exc!r}"))
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=False)
+            if not self._halt:
+                self.engine._finish()
+
+    # --- one round ---------------------------------------------------------------------------
+
+    def _drain_events(self, jobs: list[Job]) -> None:
+        try:
+            events = self.session.poll_events()
+        except Exception as exc:
+            log.warning("reading %s's call events failed (will retry): %s", self.engine.info.name, exc)
+            return
+        by_id = {(j.keys.executor_id, j.keys.job_id): j for j in jobs}
+        for event in events:
+            job = by_id.get((event.executor_id, event.job_id))
+            call = job.calls.get(event.call_id) if job is not None else None
+            if call is None:
+                continue
+            if event.kind == "running":
+                self.tracker.running(call, event.attempt)
+            else:
+                error = _FAILURES.get(event.kind, _FAILURES["error"])(
+                    event.message or f"the platform reported {event.kind}"
+                )
+                self.tracker.settle(call, event.attempt, Outcome(event.kind, error=error))
+
+    def _poll(self, jobs: list[Job]) -> tuple[bool, float]:
+        """Report the attempts whose status appeared; return whether any did, and the listing's cost."""
+        listing_started = time.monotonic()
+        found: list[tuple[Job, Call, int, str]] = []
+        for job in jobs:
+            try:
+                found += self._list_job(job)
+            except Exception as exc:
+                self._listing_failed(job, exc)
+            else:
+                self._listing_failures.pop(id(job), None)
+        listing = time.monotonic() - listing_started
+        if not found:
+            return False, listing
+        for (_, call, attempt, _), outcome in zip(found, self._fetch_all(found), strict=True):
+            if outcome is not None:
+                self.tracker.settle(call, attempt, outcome)
+        return True, listing
+
+    def _list_job(self, job: Job) -> list[tuple[Job, Call, int, str]]:
+        found = []
+        for group, pending in list(job.pending.items()):
+            if not any(job.calls[c].invoked_at is not None for c in list(pending)):
+                continue
+            for key in self.session.list(job.keys.status_group(group)):
+                parsed = parse_status_key(key)
+                call = job.calls.get(parsed[0]) if parsed is not None else None
+                if call is None or call.settled or parsed[1] not in call.live or parsed[1] in call.reported:
+                    continue
+                found.append((job, call, parsed[1], key))
+        return found
+
+    def _listing_failed(self, job: Job, exc: Exception) -> None:
+        """Retry a failing listing a few rounds; a storage error that persists fails the job with it."""
+        count, since = self._listing_failures.get(id(job), (0, time.monotonic()))
+        count += 1
+        self._listing_failures[id(job)] = (count, since)
+        persistent = isinstance(exc, StorageError) and count >= LISTING_FAILURES
+        if persistent or time.monotonic() - since > job.timeout + self.config.lost_grace:
+            error = StorageError(
+                f"the statuses of job {job.keys.job_id} cannot be listed in {self.engine.info.name} storage: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            self.tracker.fail_job(job, error)
+            self._listing_failures.pop(id(job), None)
+        else:
+            log.warning("listing the statuses of job %s failed (will retry): %s", job.keys.job_id, exc)
+
+    def _fetch_all(self, found: list[tuple[Job, Call, int, str]]) -> list[Outcome | None]:
+        if self._io is not None and len(found) > 1:
+            try:
+                return list(self._io.map(self._fetch, found))
+            except RuntimeError:  # the interpreter is shutting down: no new threads
+                pass
+        return [self._fetch(item) for item in found]
+
+    def _fetch(self, item: tuple[Job, Call, int, str]) -> Outcome | None:
+        """The outcome a status record tells, or None when it cannot be read, or was not signed by
+        this job (it is read again next round: the real worker may still overwrite a forgery)."""
+        job, call, attempt, key = item
+        try:
+            status = load_status(job.secret, job.keys, call.call_id, attempt, self.session.get(key))
+        except SignatureError as exc:
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("ignoring status %s: %s", key, exc)
+            return None
+        except NotFoundError:
+            return None
+        except Exception as exc:
+            log.warning("reading status %s failed (will retry): %s", key, exc)
+            return None
+        return self._outcome(job, call.call_id, status)
+
+    def _outcome(self, job: Job, call_id: str, status: dict[str, Any]) -> Outcome:
+        kind = status.get("kind", "error")
+        common = {
+            "stats": status.get("stats") or {},
+            "stdout": status.get("stdout", ""),
+            "stderr": status.get("stderr", ""),
+        }
+        error = status.get("error") or {}
+        if kind == "success":
+            try:
+                blob = unb64(status["result"]) if "result" in status else self.session.get(status["result_key"])
+                value = serialize.loads(verify(job.secret, result_context(job.keys, call_id), blob))
+            except SignatureError as exc:  # a tampered result object: this attempt gave no answer
+                return Outcome("error", error=exc, **common)
+            except Exception as exc:  # a result that cannot be unpickled here
+                return Outcome("exception", error=exc, **common)
+            return Outcome("success", value=value, **common)
+        if kind == "exception":
+            return Outcome("exception", error=_remote_exception(job, call_id, error), **common)
+        if error.get("type") == "SignatureError":
+            return Outcome("refused", error=SignatureError(error.get("message", "")), **common)
+        failure = _FAILURES.get(kind, _FAILURES["error"])(error.get("message") or f"call ended with status {kind!r}")
+        return Outcome(kind, error=failure, **common)
+
+    def _check_deadlines(self, jobs: list[Job]) -> None:
+        """Declare lost, in one round, every call past its timeout and grace with no report.
+
+        A job's clock restarts only when one of its workers reports (a backend may queue calls
+        behind its concurrency limit), never when the client itself declares a call lost, and no
+        call is declared lost while the job's statuses cannot be listed.
+        """
+        now = time.monotonic()
+        grace = self.config.lost_grace
+        for job in jobs:
+            if id(job) in self._listing_failures:
+                continue
+            if self.config.speculative:
+                self._speculate(job, now)
+            limit = job.timeout + grace
+            overdue = [
+                call
+                for pending in list(job.pending.values())
+                for call in (job.calls[c] for c in list(pending))
+                if call.invoked_at is not None and now - max(call.invoked_at, job.last_progress) > limit
+            ]
+            if overdue:
+                message = (
+                    f"no worker reported on call {{call}} within its timeout of {job.timeout} s plus "
+                    f"lost_grace of {grace} s: the invocation was lost or the worker hung"
+                )
+                if job.attached:
+                    message += " (an attached job's calls are not invoked again: their arguments are gone)"
+                self.tracker.lost(overdue, message)
+
+    def _speculate(self, job: Job, now: float) -> None:
+        """Back up stragglers: once half of the job is done, a call running longer than
+        ``speculative_factor`` times the median call is invoked once more; the first answer wins."""
+        if job.attached or len(job.durations) < max(3, len(job.calls) // 2):
+            return
+        limit = self.config.speculative_factor * statistics.median(job.durations)
+        for pending in list(job.pending.values()):
+            for call_id in list(pending):
+                call = job.calls[call_id]
+                if len(call.live) == 1 and call.invoked_at is not None and now - call.invoked_at > limit:
+                    self.tracker.speculate(call)
+
+
+_engines: weakref.WeakSet[_Engine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_engines):
+        engine.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _remote_exception(job: Job, call_id: str, error: dict[str, Any]) -> BaseException:
+    exc: BaseException | None = None
+    if "pickle" in error:
+        try:
+            exc = serialize.loads(verify(job.secret, exception_context(job.keys, call_id), unb64(error["pickle"])))
+        except SignatureError as bad:
+            return bad
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(error.get("type", "Exception"), error.get("message", ""))
+    exc.__cause__ = RemoteTraceback(error.get("traceback", ""))
+    return exc

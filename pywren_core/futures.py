@@ -16,7 +16,10 @@ from typing import Any
 
 ALL_COMPLETED = "ALL_COMPLETED"
 ANY_COMPLETED = "ANY_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALWAYS = "ALWAYS"
+
+_RUN_STATE = {"new": "new", "invoked": "invoked", "running": "running"}
 
 
 class ResponseFuture(concurrent.futures.Future):
@@ -24,8 +27,13 @@ class ResponseFuture(concurrent.futures.Future):
 
     ``stats`` holds the call's timeline (``submitted``, ``invoked``, the worker's ``start`` and
     ``end``, ``done`` when the client saw it; all ``time.time()`` seconds), the worker's
-    ``worker_id`` and whether it was a ``cold`` start, and ``attempts`` made. ``stdout`` and
-    ``stderr`` hold the tail of what the call printed.
+    ``worker_id`` and whether it was a ``cold`` start, ``attempts`` invoked, ``runs`` reported
+    (a platform's redelivery counts), and, when they happened, ``invoke_retries`` (throttled
+    invocations), ``ambiguous_invokes`` (invocations whose answer was lost, so the call may have
+    run once more) and ``speculated``. ``stdout`` and ``stderr`` hold the tail of what it printed.
+
+    ``cancel()`` works until the call has settled: a call not yet invoked never will be, and the
+    backend is asked to stop one that is running.
     """
 
     def __init__(self, executor_id: str, job_id: str, call_id: str):
@@ -37,15 +45,52 @@ class ResponseFuture(concurrent.futures.Future):
         self.stats: dict[str, Any] = {"submitted": time.time(), "attempts": 1}
         self.stdout = ""
         self.stderr = ""
+        #: The executor's call tracker and this call's record in it, until the call settles.
+        self._tracker: Any = None
+        self._call: Any = None
 
     @property
     def status(self) -> str:
-        """``new`` (not yet invoked), ``invoked``, ``success``, ``error`` or ``cancelled``."""
+        """``new`` (not yet invoked), ``invoked``, ``running``, ``success``, ``error`` or ``cancelled``."""
         if self.cancelled():
             return "cancelled"
         if self.done():
             return "error" if self.exception() is not None else "success"
+        call = self._call
+        if call is not None:
+            return _RUN_STATE.get(call.state.value, "invoked")
         return "invoked" if "invoked" in self.stats else "new"
+
+    def running(self) -> bool:
+        return self.status in ("invoked", "running")
+
+    def cancel(self) -> bool:
+        tracker, call = self._tracker, self._call
+        if tracker is not None and call is not None:
+            return tracker.cancel(call)
+        return self._settle_cancelled()
+
+    # Called by the call tracker only.
+    def _settle_cancelled(self) -> bool:
+        if not super().cancel():
+            return False
+        self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait and as_completed
+        self._release()
+        return True
+
+    def _settle(self, result: Any = None, exception: BaseException | None = None) -> None:
+        try:
+            if exception is not None:
+                self.set_exception(exception)
+            else:
+                self.set_result(result)
+        except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+            pass
+        self._release()
+
+    def _release(self) -> None:
+        """A settled future keeps no reference to its job, so holding results holds nothing else."""
+        self._tracker = self._call = None
 
     def __repr__(self) -> str:
         return f"<ResponseFuture {self.job_id}/{self.call_id} {self.status}>"
@@ -55,9 +100,44 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
     show = sys.stderr.isatty() if enabled is None else enabled
     if not show or total < 2:
         return None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="call", leave=False, file=sys.stderr)
+
+
+class _Waiter:
+    """Counts completions the way ``concurrent.futures.wait`` does: futures call it as they finish.
+
+    It is added to each future's waiter list and removed afterwards, so a timed wait leaves
+    nothing behind on the futures (a done-callback could never be removed).
+    """
+
+    def __init__(self, total: int, return_when: str):
+        self.remaining = total
+        self.return_when = return_when
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        if total == 0:
+            self.event.set()
+
+    def _one(self, failed: bool) -> None:
+        with self._lock:
+            self.remaining -= 1
+            if (
+                self.remaining <= 0
+                or self.return_when == ANY_COMPLETED
+                or (failed and self.return_when == FIRST_EXCEPTION)
+            ):
+                self.event.set()
+
+    def add_result(self, future: concurrent.futures.Future) -> None:
+        self._one(False)
+
+    def add_exception(self, future: concurrent.futures.Future) -> None:
+        self._one(True)
+
+    def add_cancelled(self, future: concurrent.futures.Future) -> None:
+        self._one(False)
 
 
 def wait(
@@ -69,56 +149,87 @@ def wait(
     """Wait for futures; return ``(done, not_done)`` as lists in the order given.
 
     ``ALL_COMPLETED`` waits for every one (or the timeout), ``ANY_COMPLETED`` for at least one,
-    ``ALWAYS`` does not wait at all. ``progress`` shows a bar (default: when stderr is a terminal).
+    ``FIRST_EXCEPTION`` until one fails (or all are done), ``ALWAYS`` does not wait at all.
+    ``progress`` shows a bar (default: when stderr is a terminal, or in a notebook). Ctrl-C while
+    waiting cancels the futures not yet done, then raises ``KeyboardInterrupt``.
     """
     futures = list(fs)
-    if return_when in (ANY_COMPLETED, concurrent.futures.FIRST_COMPLETED):
-        concurrent.futures.wait(futures, timeout, concurrent.futures.FIRST_COMPLETED)
-    elif return_when == ALL_COMPLETED:
-        _wait_all(futures, timeout, progress)
-    elif return_when != ALWAYS:
-        raise ValueError(f"return_when must be ALL_COMPLETED, ANY_COMPLETED or ALWAYS, not {return_when!r}")
+    if return_when == concurrent.futures.FIRST_COMPLETED:
+        return_when = ANY_COMPLETED
+    if return_when not in (ALL_COMPLETED, ANY_COMPLETED, FIRST_EXCEPTION, ALWAYS):
+        raise ValueError(
+            f"return_when must be ALL_COMPLETED, ANY_COMPLETED, FIRST_EXCEPTION or ALWAYS, not {return_when!r}"
+        )
+    if return_when != ALWAYS:
+        try:
+            _wait(futures, return_when, timeout, progress)
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            raise
     done = [f for f in futures if f.done()]
     return done, [f for f in futures if not f.done()]
 
 
-def _wait_all(futures: Sequence[concurrent.futures.Future], timeout: float | None, progress: bool | None) -> None:
-    """Block until every future is done, counting completions with callbacks (not by rescanning)."""
-    condition = threading.Condition()
-    remaining = [len(futures)]
-
-    def one_done(_: concurrent.futures.Future) -> None:
-        with condition:
-            remaining[0] -= 1
-            condition.notify_all()
-
-    bar = _progress_bar(len(futures), progress)
+def _wait(
+    futures: Sequence[concurrent.futures.Future], return_when: str, timeout: float | None, progress: bool | None
+) -> None:
+    waiter = _Waiter(len(futures), return_when)
+    watched = []
     for f in futures:
-        f.add_done_callback(one_done)  # runs at once for futures already done
+        with f._condition:  # type: ignore[attr-defined]
+            if f.done():
+                failed = not f.cancelled() and f.exception(0) is not None
+                (waiter.add_exception if failed else waiter.add_result)(f)
+            else:
+                f._waiters.append(waiter)  # type: ignore[attr-defined]
+                watched.append(f)
+    bar = _progress_bar(len(futures), progress) if return_when == ALL_COMPLETED else None
     deadline = None if timeout is None else time.monotonic() + timeout
     shown = 0
     try:
-        with condition:
-            while remaining[0] > 0:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                condition.wait(0.1 if bar is not None else left)
-                if bar is not None:
-                    bar.update(len(futures) - remaining[0] - shown)
-                    shown = len(futures) - remaining[0]
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            if waiter.event.wait(left if bar is None else min(0.1, left if left is not None else 0.1)):
+                break
+            if bar is not None:
+                bar.update(len(futures) - waiter.remaining - shown)
+                shown = len(futures) - waiter.remaining
     finally:
+        for f in watched:
+            with f._condition:  # type: ignore[attr-defined]
+                try:
+                    f._waiters.remove(waiter)  # type: ignore[attr-defined]
+                except ValueError:
+                    pass
         if bar is not None:
-            bar.update(len(futures) - remaining[0] - shown)
+            bar.update(len(futures) - waiter.remaining - shown)
             bar.refresh()
             bar.close()
 
 
 def get_result(
-    fs: Sequence[concurrent.futures.Future], timeout: float | None = None, progress: bool | None = None
+    fs: Sequence[concurrent.futures.Future],
+    timeout: float | None = None,
+    progress: bool | None = None,
+    throw_except: bool = True,
 ) -> list[Any]:
-    """Results of ``fs`` in order; raises the first failed call's exception, or TimeoutError."""
+    """Results of ``fs`` in order; raises the first failed call's exception, or TimeoutError.
+
+    With ``throw_except=False`` a failed call's exception (a cancelled one's ``CancelledError``)
+    stands in its place in the list instead of being raised.
+    """
     done, not_done = wait(fs, ALL_COMPLETED, timeout, progress)
     if not_done:
         raise TimeoutError(f"{len(not_done)} of {len(fs)} calls were not done after {timeout} s")
-    return [f.result() for f in fs]
+    if throw_except:
+        return [f.result() for f in fs]
+    return [_result_or_exception(f) for f in fs]
+
+
+def _result_or_exception(f: concurrent.futures.Future) -> Any:
+    if f.cancelled():
+        return concurrent.futures.CancelledError(f"call {getattr(f, 'call_id', '')} was cancelled")
+    return f.exception() if f.exception() is not None else f.result()

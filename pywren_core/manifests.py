@@ -46,7 +46,7 @@ def write(keys: JobKeys, secret: bytes, calls: int, backend: str, timeout: float
 def read(job: str) -> dict[str, Any]:
     """The manifest of ``job``, given as ``EXECUTOR_ID/JOB_ID``."""
     executor_id, _, job_id = job.strip("/").partition("/")
-    if not executor_id or not job_id:
+    if not executor_id.isalnum() or not job_id.isalnum():
         raise ConfigError(f"a job is named EXECUTOR_ID/JOB_ID (as in its futures' ids), not {job!r}")
     path = _path(JobKeys(executor_id, job_id))
     try:
@@ -64,4 +64,18 @@ def remove(keys: JobKeys) -> None:
     try:
         path.parent.rmdir()
     except OSError:  # other jobs of the executor remain
+        pass
+
+
+def remove_all(executor_id: str, job_id: str | None = None) -> None:
+    """Remove one job's manifest, or every manifest of an executor (after ``pywren clean``)."""
+    if job_id is not None:
+        remove(JobKeys(executor_id, job_id))
+        return
+    folder = manifest_dir() / executor_id
+    for path in folder.glob("*.json"):
+        path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
         pass

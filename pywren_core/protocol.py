@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -43,6 +44,20 @@ def python_version() -> str:
 def new_id(nbytes: int = 8) -> str:
     """An unguessable id: nobody can predict another client's keys on a shared bucket."""
     return secrets.token_hex(nbytes)
+
+
+def new_executor_id() -> str:
+    """When the executor started (8 hex digits of Unix seconds, so ``pywren clean --older-than``
+    can tell a crashed client's leftovers by age) and 48 unguessable bits."""
+    return f"{int(time.time()):08x}{secrets.token_hex(6)}"
+
+
+def executor_started(executor_id: str) -> float | None:
+    """The Unix time an executor id (from :func:`new_executor_id`) was made, or None for another id."""
+    head = executor_id[:8]
+    if len(executor_id) != 20 or not all(c in "0123456789abcdef" for c in executor_id):
+        return None
+    return float(int(head, 16))
 
 
 def new_secret() -> bytes:

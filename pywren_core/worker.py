@@ -344,9 +344,7 @@ _workdirs = _Workdirs()
 
 
 @contextlib.contextmanager
-def _call_scope(
-    keys: JobKeys, call: dict[str, Any], session: Session, isolate_cwd: bool
-) -> Iterator[dict[str, _Tail]]:
+def _call_scope(keys: JobKeys, call: dict[str, Any], session: Session, isolate_cwd: bool) -> Iterator[dict[str, _Tail]]:
     workdir = _workdirs.acquire()
     tails = {"stdout": _Tail(), "stderr": _Tail()}
     context = CallContext(keys.executor_id, keys.job_id, call["call_id"], call["attempt"], workdir, session)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 import pywren_core as pw
-from pywren_core.errors import SignatureError
+from pywren_core.errors import CallTimeoutError, SignatureError
 from pywren_core.protocol import b64, unb64
 
 
@@ -38,22 +39,25 @@ class TamperArguments:
 
 
 class TamperStatus:
-    """Rewrites what the client reads back: the result, or the exception, of every call."""
-
-    def __init__(self, field):
-        self.field = field
+    """Flips a byte of every status record the client reads back."""
 
     @pw.hookimpl(wrapper=True)
     def pywren_storage_get(self, session, key, byte_range):
         data = yield
-        if "/status/" in key:
-            status = json.loads(data)
-            if self.field == "result" and "result" in status:
-                status["result"] = b64(flip_last_byte(unb64(status["result"])))
-            if self.field == "exception" and "pickle" in status.get("error", {}):
-                status["error"]["pickle"] = b64(flip_last_byte(unb64(status["error"]["pickle"])))
-            data = json.dumps(status).encode()
-        return data
+        return flip_last_byte(data) if "/status/" in key else data
+
+
+class TamperResultObject:
+    """Flips a byte of a large result, which travels as an object of its own."""
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_storage_get(self, session, key, byte_range):
+        data = yield
+        return flip_last_byte(data) if "/result/" in key else data
+
+
+def big(x):
+    return b"x" * 200_000
 
 
 def raise_value_error(x):
@@ -65,10 +69,9 @@ def raise_value_error(x):
     [
         (TamperFunction(), abs, "func:"),
         (TamperArguments(), abs, "args:"),
-        (TamperStatus("result"), abs, "result:"),
-        (TamperStatus("exception"), raise_value_error, "exception:"),
+        (TamperResultObject(), big, "result:"),
     ],
-    ids=["function", "arguments", "result", "exception"],
+    ids=["function", "arguments", "large result"],
 )
 def test_tampered_pickles_are_refused(pywren_config, wrapper, func, where):
     ex = pw.executor(pywren_config, wrappers=[wrapper], progress=False, retries=0)
@@ -125,5 +128,136 @@ def test_ids_and_secrets_are_unguessable(pywren_config):
         ex.get_result(ex.map(abs, [1]))
     ids = {p["executor_id"] for p in fixture.INVOKED}
     secrets = {p["secret"] for p in fixture.INVOKED}
-    assert len(ids) == 2 and all(len(i) == 16 for i in ids)
+    assert len(ids) == 2 and all(len(i) == 20 for i in ids)
     assert len(secrets) == 4 and all(len(s) >= 64 for s in secrets)
+
+
+def test_a_tampered_status_is_never_used(pywren_config):
+    """Not even its result: the call is lost (and would be retried), never wrong."""
+    ex = pw.executor(pywren_config, wrappers=[TamperStatus()], progress=False, retries=0, timeout=1, lost_grace=1)
+    with pytest.raises(CallTimeoutError, match="no worker reported"):
+        ex.call_async(abs, -1).result(timeout=30)
+    ex.shutdown()
+
+
+def sleep_then_double(x):
+    time.sleep(1.0)
+    return 2 * x
+
+
+def test_forged_statuses_change_nothing(pywren_config):
+    """Someone with write access to storage writes `died` and `exception` statuses for a running
+    call: unsigned, signed with another secret, and for a later attempt. The call still runs once
+    and returns its own result."""
+    from pywren_core.protocol import JobKeys, dump_status, new_secret
+
+    ex = pw.executor(pywren_config, progress=False, retries=2)
+    future = ex.call_async(sleep_then_double, 21)
+    keys = JobKeys(future.executor_id, future.job_id)
+    died = {"protocol": 1, "call_id": future.call_id, "attempt": 0, "kind": "died",
+            "error": {"type": "WorkerDiedError", "message": "forged", "traceback": ""}}
+    raised = {**died, "kind": "exception", "error": {"type": "ValueError", "message": "forged", "traceback": "fake"}}
+    ex.session.put(keys.status(future.call_id, 0), json.dumps(died).encode())
+    time.sleep(0.3)
+    ex.session.put(keys.status(future.call_id, 0), dump_status(new_secret(), keys, raised))
+    ex.session.put(keys.status(future.call_id, 1), dump_status(new_secret(), keys, {**died, "attempt": 1}))
+    assert future.result(timeout=30) == 42
+    assert future.stats["attempts"] == 1 and future.stats["runs"] == 1
+    ex.shutdown()
+
+
+def count_runs(path):
+    with open(path, "a") as f:
+        f.write("x")
+    return "ran"
+
+
+def test_a_warm_worker_never_runs_a_cached_function_for_another_secret(pywren_config, tmp_path):
+    """An attacker who can invoke (or write to a queue) reuses a job's func_key with their own
+    secret and arguments; the worker that cached that function refuses."""
+    from pywren_core.protocol import JobKeys, args_context, b64, load_status, new_secret, sign
+    from pywren_core.serialize import dumps
+
+    marker = tmp_path / "runs"
+    ex = pw.executor(pywren_config, progress=False, cleanup=False, local={"workers": 1})
+    first = ex.call_async(count_runs, str(marker))
+    assert first.result(timeout=30) == "ran"
+    forged_secret = new_secret()
+    keys = JobKeys(first.executor_id, first.job_id)
+    config = {"storage_dir": pywren_config["local"]["storage_dir"], "workers": 1}
+    payload = {
+        "protocol": 1, "backend": "local", "config": config,
+        "executor_id": keys.executor_id, "job_id": keys.job_id, "func_key": keys.func, "secret": forged_secret.hex(),
+        "timeout": 10, "python": first_python(), "core_version": pw.__version__, "result_inline_max": 65536,
+        "calls": [{"call_id": "00001", "attempt": 0, "args": {
+            "inline": b64(sign(forged_secret, args_context(keys, "00001"), dumps(((str(marker),), {}))))}}],
+    }
+    ex.session.invoke(payload)
+    status_key = keys.status("00001", 0)
+    deadline = time.monotonic() + 20
+    while not ex.session.list(status_key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = load_status(forged_secret, keys, "00001", 0, ex.session.get(status_key))  # the forger's to read
+    assert status["kind"] == "refused" and "func:" in status["error"]["message"]
+    assert marker.read_text() == "x", "the cached function ran for the forged payload"
+    ex.clean()
+    ex.shutdown()
+
+
+def first_python():
+    from pywren_core.protocol import python_version
+
+    return python_version()
+
+
+def test_sealed_secrets_never_travel_or_rest_in_the_clear(monkeypatch):
+    """With a payload key, payloads carry the job secret sealed, and a worker holding the key
+    refuses a payload whose secret is in the clear (written by someone without the key)."""
+    import secrets as stdlib_secrets
+
+    from pywren_fixture import backend as fixture
+
+    from pywren_core import worker
+    from pywren_core.protocol import PAYLOAD_KEY_ENV
+
+    key = stdlib_secrets.token_hex(32)
+    monkeypatch.setenv(PAYLOAD_KEY_ENV, key)
+    worker._payload_key.cache_clear()
+    try:
+        fixture.INVOKED.clear()
+        config = {"backend": "fixture", "fixture": {"store": "sealed", "payload_key": key}}
+        ex = pw.executor(config, progress=False, cleanup=False)
+        assert ex.get_result(ex.map(lambda x: x + 1, range(4))) == [1, 2, 3, 4]
+        assert fixture.INVOKED and all("secret" not in p and "sealed_secret" in p for p in fixture.INVOKED)
+        # The manifest keeps the secret on the client's own disk, and nowhere else.
+        secrets_used = {json.loads(open(path).read())["secret"] for path in _manifests()}
+        stored = b"".join(fixture._STORES["sealed"].values())
+        assert secrets_used and not any(bytes.fromhex(s) in stored or s.encode() in stored for s in secrets_used)
+        assert not any(s in json.dumps(p) for p in fixture.INVOKED for s in secrets_used)
+        clear = {**fixture.INVOKED[0], "secret": next(iter(secrets_used))}
+        del clear["sealed_secret"]
+        before = dict(fixture._STORES["sealed"])
+        assert worker.handle(clear, isolate_cwd=False) == []
+        assert fixture._STORES["sealed"] == before, "a payload with a clear secret wrote something"
+        ex.clean()
+        ex.shutdown()
+    finally:
+        worker._payload_key.cache_clear()
+
+
+def _manifests():
+    from pywren_core.manifests import manifest_dir
+
+    return list(manifest_dir().glob("*/*.json"))
+
+
+def test_sealing_is_bound_to_key_and_job():
+    from pywren_core.protocol import seal, unseal
+
+    secret = bytes(range(32))
+    sealed = seal(b"k" * 32, secret, "secret:job-a/")
+    assert unseal(b"k" * 32, sealed, "secret:job-a/") == secret
+    with pytest.raises(SignatureError):
+        unseal(b"k" * 32, sealed, "secret:job-b/")
+    with pytest.raises(SignatureError):
+        unseal(b"x" * 32, sealed, "secret:job-a/")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -183,8 +184,8 @@ def _walk(directory: str, key_prefix: str, start: str = "") -> list[str]:
 @hookimpl
 def pywren_storage_list(session: LocalSession, prefix: str) -> list[str]:
     folder, _, start = prefix.rpartition("/")
-    if folder and "" in folder.split("/"):
-        return []  # no valid key has an empty path segment
+    if folder and any(part in ("", ".", "..") for part in folder.split("/")):
+        return []  # no valid key has such a path segment (and ".." would leave the storage root)
     directory = os.path.join(session.root, *folder.split("/")) if folder else session.root
     return _walk(directory, f"{folder}/" if folder else "", start)
 
@@ -216,6 +217,11 @@ def pywren_storage_delete(session: LocalSession, keys: Sequence[str]) -> None:
 @hookimpl
 def pywren_invoke(session: LocalSession, payload: Mapping[str, Any]) -> None:
     WorkerPool.shared(session.workers).submit(dict(payload))
+
+
+@hookimpl
+def pywren_cancel(session: LocalSession, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
+    WorkerPool.shared(session.workers).cancel(executor_id, job_id, call_ids)
 
 
 # --- the worker processes ------------------------------------------------------------------
@@ -300,6 +306,8 @@ class WorkerPool:
 
     def __init__(self, size: int):
         self.pending: deque[dict[str, Any]] = deque()
+        self._pending_lock = threading.Lock()
+        self._cancels: deque[tuple[str, str, frozenset[str]]] = deque()
         self.closed = False
         self.scratch = tempfile.mkdtemp(prefix="pywren-local-")
         self._seconds_per_payload = 0.01
@@ -329,8 +337,29 @@ class WorkerPool:
         return _Worker(process, Connection(ours.detach()))
 
     def submit(self, payload: dict[str, Any]) -> None:
-        self.pending.append(payload)
+        with self._pending_lock:
+            self.pending.append(payload)
         self._wake()
+
+    def cancel(self, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
+        """Drop these calls' payloads if queued, and kill the worker running one (or about to)."""
+        self._cancels.append((executor_id, job_id, frozenset(call_ids)))
+        self._wake()
+
+    def _apply_cancels(self) -> None:
+        while self._cancels:
+            hit = functools.partial(_cancelled_by, self._cancels.popleft())
+            with self._pending_lock:
+                self.pending = deque(p for p in self.pending if not hit(p))
+            for w in list(self.workers):
+                for p in w.inflight:
+                    if hit(p):
+                        p["cancelled"] = True  # already in the worker's hands: killed when it comes up
+                self._kill_if_cancelled(w)
+
+    def _kill_if_cancelled(self, w: _Worker) -> None:
+        if w.inflight and w.inflight[0].get("cancelled"):
+            self._replace(w, None, "")
 
     def _wake(self) -> None:
         try:
@@ -369,6 +398,7 @@ class WorkerPool:
 
     def _supervise_once(self) -> None:
         """Hand out work, then wait for an acknowledgement, a start-up, a death or a deadline."""
+        self._apply_cancels()
         self._dispatch()
         busy = [w for w in self.workers if w.inflight]
         deadlines = [d for d in (w.head_deadline for w in busy) if d is not None]
@@ -413,6 +443,7 @@ class WorkerPool:
                 w.head_started = now
                 if error is not None:
                     _report_unfinished(finished, "error", f"the worker runtime failed:\n{error}")
+            self._kill_if_cancelled(w)
         except (EOFError, OSError):
             self._replace(w, "died", self._death_message(w))
 
@@ -425,15 +456,17 @@ class WorkerPool:
         how = f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
         return f"worker process {w.process.pid} {how}" + (" while running the call" if w.inflight else "")
 
-    def _replace(self, w: _Worker, kind: str, message: str) -> None:
-        """Report the running payload as failed, requeue the ones it never started, and respawn."""
+    def _replace(self, w: _Worker, kind: str | None, message: str) -> None:
+        """Report the running payload as failed (unless it was cancelled: ``kind`` None), requeue
+        the ones it never started, and respawn."""
         w.process.kill()
         w.process.wait()
         w.conn.close()
         running = w.inflight.popleft() if w.inflight else None
-        self.pending.extendleft(reversed(w.inflight))
+        with self._pending_lock:
+            self.pending.extendleft(reversed([p for p in w.inflight if not p.get("cancelled")]))
         self.workers[self.workers.index(w)] = self._spawn()
-        if running is not None:
+        if running is not None and kind is not None:
             _report_unfinished(running, kind, message)
 
     def close(self) -> None:
@@ -453,6 +486,28 @@ class WorkerPool:
                 w.process.kill()
                 w.process.wait()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _cancelled_by(request: tuple[str, str, frozenset[str]], payload: dict[str, Any]) -> bool:
+    """Whether a cancel request covers every call of ``payload``."""
+    executor_id, job_id, call_ids = request
+    return (
+        payload["executor_id"] == executor_id
+        and payload["job_id"] == job_id
+        and all(c["call_id"] in call_ids for c in payload["calls"])
+    )
+
+
+def _forget_pools_after_fork() -> None:
+    """In a forked child the parent's pools have no supervisor thread, and their workers are the
+    parent's: the child starts pools of its own, and never closes (or writes to) the parent's."""
+    for pool in WorkerPool._shared.values():
+        pool.closed = True
+    WorkerPool._shared = {}
+    WorkerPool._shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _report_unfinished(payload: dict[str, Any], kind: str, message: str) -> None:

@@ -20,7 +20,11 @@ def pywren_backend_info() -> BackendInfo:
     return BackendInfo(
         name="fixture",
         limits=Limits(max_payload_bytes=4096, max_runtime=60, max_concurrency=4),
-        config=(ConfigField("store", str, "default"), ConfigField("token", str, "", secret=True)),
+        config=(
+            ConfigField("store", str, "default"),
+            ConfigField("token", str, "", secret=True),
+            ConfigField("payload_key", str, "", secret=True, help="seals job secrets in payloads"),
+        ),
         poll_interval=(0.005, 0.05),
         storage_concurrency=1,
     )

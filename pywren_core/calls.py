@@ -1,0 +1,370 @@
+"""Every call's state and the only transitions between states: the one place a call can end.
+
+A call moves through these states (after dask.distributed's task states)::
+
+    new ──> invoked ──> running ──> done
+     │  ^      │           │    └─> failed
+     │  └──────┴───────────┘        cancelled
+     └─> failed / cancelled
+
+``TRANSITIONS`` lists every allowed move and why it happens. The invoker and the monitor report
+events (:meth:`CallTracker.invoked`, :meth:`~CallTracker.settle`, :meth:`~CallTracker.lost`, ...);
+the tracker decides the next state (a retry is a move back to ``new`` with the next attempt), and
+nothing else changes a call's state. Side effects (completing a future, invoking again, retiring
+a finished job) are returned from the lock and run outside it, so a future's callbacks may call
+back into the executor. Times are ``time.monotonic()``; the futures' ``stats`` keep wall-clock
+times for people.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from pywren_core.errors import CallFailedError, CallTimeoutError, VersionMismatchError, WorkerDiedError
+from pywren_core.protocol import JobKeys, group_of
+
+
+class State(enum.Enum):
+    NEW = "new"
+    INVOKED = "invoked"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+NEW, INVOKED, RUNNING, DONE, FAILED, CANCELLED = State
+TERMINAL = frozenset({DONE, FAILED, CANCELLED})
+
+#: Every move a call can make, and why. A move not listed here is a bug and raises.
+TRANSITIONS: dict[tuple[State, State], str] = {
+    (NEW, INVOKED): "the platform accepted the invocation",
+    (NEW, FAILED): "the platform refused the invocation, or the job's storage failed",
+    (NEW, CANCELLED): "cancelled before it was invoked: it never will be",
+    (INVOKED, RUNNING): "the platform reported that a worker started it",
+    (INVOKED, DONE): "its worker reported a result",
+    (INVOKED, FAILED): "its worker reported an exception, or it failed past its last retry",
+    (INVOKED, CANCELLED): "cancelled while invoked: the platform is asked to stop it",
+    (INVOKED, NEW): "its worker died, timed out or was lost: retried with the next attempt",
+    (RUNNING, DONE): "its worker reported a result",
+    (RUNNING, FAILED): "its worker reported an exception, or it failed past its last retry",
+    (RUNNING, CANCELLED): "cancelled while running: the platform is asked to stop it",
+    (RUNNING, NEW): "its worker died, timed out or was lost: retried with the next attempt",
+}
+
+#: Outcomes that mean the call never ran to an answer: worth another attempt.
+RETRYABLE = {"died": WorkerDiedError, "timeout": CallTimeoutError, "error": CallFailedError}
+_FAILURES = {**RETRYABLE, "refused": VersionMismatchError}
+
+
+@attrs.define(eq=False)
+class Call:
+    job: Job
+    call_id: str
+    future: Any  # ResponseFuture: typed loosely to keep this module free of the futures module
+    #: How the worker finds the arguments (inline, or a byte range of the job's args object).
+    args: dict[str, Any]
+    state: State = NEW
+    #: The newest attempt; attempts are numbered from 0.
+    attempt: int = 0
+    #: Attempts that may still report: one, or two while a speculative backup races the original.
+    live: set[int] = attrs.field(factory=lambda: {0})
+    invoked_at: float | None = None
+    #: Status records seen for this call, so one record is counted once.
+    reported: set[int] = attrs.field(factory=set)
+
+    @property
+    def settled(self) -> bool:
+        return self.state in TERMINAL
+
+
+@attrs.define(eq=False)
+class Job:
+    keys: JobKeys
+    secret: bytes
+    base_payload: dict[str, Any]
+    timeout: float
+    calls: dict[str, Call] = attrs.field(factory=dict)
+    #: Calls not yet settled, by status group: what the monitor still lists.
+    pending: dict[str, set[str]] = attrs.field(factory=dict)
+    #: Last time (monotonic) a worker reported on one of its calls.
+    last_progress: float = attrs.field(factory=time.monotonic)
+    #: Collected by a new client (``Executor.attach``): arguments unknown, so never invoked again.
+    attached: bool = False
+    #: Seconds from invocation to completion of the calls done so far, for speculation.
+    durations: list[float] = attrs.field(factory=list)
+
+    def add(self, call: Call) -> None:
+        self.calls[call.call_id] = call
+        self.pending.setdefault(group_of(call.call_id), set()).add(call.call_id)
+
+    @property
+    def finished(self) -> bool:
+        return not any(self.pending.values())
+
+    def payload(self, calls: Iterable[Call]) -> dict[str, Any]:
+        entries = [{"call_id": c.call_id, "attempt": c.attempt, "args": c.args} for c in calls]
+        return {**self.base_payload, "calls": entries}
+
+
+@attrs.frozen
+class Outcome:
+    """What one attempt of a call came to, as read from its status record (or decided by the client)."""
+
+    #: ``success``, ``exception``, ``died``, ``timeout``, ``error`` or ``refused``.
+    kind: str
+    value: Any = None
+    error: BaseException | None = None
+    stats: dict[str, Any] = attrs.field(factory=dict)
+    stdout: str = ""
+    stderr: str = ""
+
+
+class TransitionError(RuntimeError):
+    """A move that ``TRANSITIONS`` does not allow: a bug in whoever reported the event."""
+
+
+Effect = Callable[[], None]
+
+
+class CallTracker:
+    """Owns the state of every call of one executor.
+
+    ``reinvoke(job, calls)`` queues invocations of the calls' current attempts; ``retired(job)``
+    is told once every call of a job has settled; ``stop_remote(job, call_ids)`` asks the backend to
+    stop calls that were cancelled after being invoked. ``retries`` is how many times a call that
+    died, timed out or was lost is invoked again.
+    """
+
+    def __init__(
+        self,
+        retries: int,
+        reinvoke: Callable[[Job, list[Call]], None],
+        retired: Callable[[Job], None],
+        stop_remote: Callable[[Job, list[str]], None],
+    ):
+        self.retries = retries
+        self._reinvoke = reinvoke
+        self._retired = retired
+        self._stop_remote = stop_remote
+        self._lock = threading.RLock()
+        self.jobs: list[Job] = []
+
+    # --- events ------------------------------------------------------------------------------
+
+    def add_job(self, job: Job) -> None:
+        with self._lock:
+            self.jobs.append(job)
+            for call in job.calls.values():
+                call.future._tracker = self
+
+    def invoked(
+        self,
+        calls: Iterable[Call],
+        attempt_of: dict[str, int],
+        issued: tuple[float, float],
+        ambiguous: int = 0,
+        throttled: int = 0,
+    ) -> None:
+        """The platform accepted one invocation carrying ``calls`` (at the attempts in ``attempt_of``),
+        sent at ``issued`` (``time.monotonic()``, ``time.time()``)."""
+        now, wall = issued
+        with self._lock:
+            for call in calls:
+                if call.attempt != attempt_of[call.call_id] or call.settled:
+                    continue
+                stats = call.future.stats
+                stats.setdefault("invoked", wall)
+                stats["invoke_retries"] = stats.get("invoke_retries", 0) + throttled
+                if ambiguous:
+                    stats["ambiguous_invokes"] = stats.get("ambiguous_invokes", 0) + ambiguous
+                call.invoked_at = now
+                if call.state is NEW:
+                    self._move(call, INVOKED)
+
+    def invoke_failed(self, calls: Iterable[Call], attempt_of: dict[str, int], error: BaseException) -> None:
+        """The platform refused the invocation for good: the calls fail with ``error``."""
+        effects: list[Effect] = []
+        with self._lock:
+            for call in calls:
+                if call.attempt == attempt_of[call.call_id] and not call.settled:
+                    effects += self._fail(call, error)
+        _run(effects)
+
+    def running(self, call: Call, attempt: int) -> None:
+        with self._lock:
+            if call.state is INVOKED and attempt == call.attempt:
+                self._move(call, RUNNING)
+
+    def settle(self, call: Call, attempt: int, outcome: Outcome) -> None:
+        """One attempt reported ``outcome`` (a status record, or a platform's event)."""
+        effects: list[Effect] = []
+        with self._lock:
+            if call.settled or attempt not in call.live:
+                return
+            if attempt in call.reported:
+                return
+            call.reported.add(attempt)
+            if call.state is NEW:  # the report beat the invoker's note that the platform accepted it
+                self._move(call, INVOKED)
+            stats = call.future.stats
+            stats["runs"] = stats.get("runs", 0) + max(1, int(outcome.stats.get("delivery") or 1))
+            if outcome.kind in ("success", "exception"):
+                call.job.last_progress = time.monotonic()
+            if outcome.kind not in ("success", "exception") and call.live - {attempt}:
+                call.live.discard(attempt)  # the other attempt of this call may still answer
+                return
+            stats.update({k: v for k, v in outcome.stats.items() if k != "delivery"})
+            stats["done"] = time.time()
+            call.future.stdout, call.future.stderr = outcome.stdout, outcome.stderr
+            if outcome.kind == "success":
+                if call.invoked_at is not None:
+                    call.job.durations.append(time.monotonic() - call.invoked_at)
+                self._move(call, DONE)
+                effects.append(_settler(call.future, value=outcome.value))
+                effects += self._after_settling(call)
+            elif outcome.kind == "exception":
+                effects += self._fail(call, outcome.error or CallFailedError("the call raised an exception"))
+            else:
+                effects += self._failed_attempt(call, outcome)
+        _run(effects)
+
+    def lost(self, calls: Iterable[Call], message: str) -> None:
+        """No worker reported on these calls within their timeout and grace: all declared together."""
+        effects: list[Effect] = []
+        with self._lock:
+            for call in calls:
+                if call.settled:
+                    continue
+                call.live = {call.attempt}
+                error = CallTimeoutError(message.format(call=f"{call.job.keys.job_id}/{call.call_id}"))
+                effects += self._failed_attempt(call, Outcome("timeout", error=error))
+        _run(effects)
+
+    def speculate(self, call: Call) -> None:
+        """Invoke a backup attempt of a straggler; whichever attempt answers first wins."""
+        with self._lock:
+            if call.settled or len(call.live) > 1:
+                return
+            call.future.stats["speculated"] = True
+            self._next_attempt(call, keep_running=True)
+            effects = [lambda: self._reinvoke(call.job, [call])]
+        _run(effects)
+
+    def cancel(self, call: Call) -> bool:
+        """Cancel one call; False when it had already settled."""
+        effects: list[Effect] = []
+        with self._lock:
+            if call.settled:
+                return False
+            was_invoked = call.state is not NEW or call.invoked_at is not None
+            self._move(call, CANCELLED)
+            effects.append(_settler(call.future, cancel=True))
+            if was_invoked and not call.job.attached:
+                effects.append(lambda: self._stop_remote(call.job, [call.call_id]))
+            effects += self._after_settling(call)
+        _run(effects)
+        return True
+
+    def cancel_all(self, calls: Iterable[Call]) -> int:
+        """Cancel many calls, asking the backend to stop each job's invoked ones in one request."""
+        effects: list[Effect] = []
+        to_stop: dict[int, tuple[Job, list[str]]] = {}
+        count = 0
+        with self._lock:
+            for call in calls:
+                if call.settled:
+                    continue
+                count += 1
+                if (call.state is not NEW or call.invoked_at is not None) and not call.job.attached:
+                    to_stop.setdefault(id(call.job), (call.job, []))[1].append(call.call_id)
+                self._move(call, CANCELLED)
+                effects.append(_settler(call.future, cancel=True))
+                effects += self._after_settling(call)
+        stops = [lambda job=job, ids=ids: self._stop_remote(job, ids) for job, ids in to_stop.values()]
+        _run(stops + effects)
+        return count
+
+    def fail_job(self, job: Job, error: BaseException) -> None:
+        """Something the whole job depends on failed for good (its storage): every open call fails."""
+        effects: list[Effect] = []
+        with self._lock:
+            for call in job.calls.values():
+                if not call.settled:
+                    effects += self._fail(call, error)
+        _run(effects)
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def open_calls(self) -> list[Call]:
+        with self._lock:
+            return [c for job in self.jobs for c in job.calls.values() if not c.settled]
+
+    def active_jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self.jobs)
+
+    # --- moves (called with the lock held) -----------------------------------------------------
+
+    def _move(self, call: Call, to: State) -> None:
+        if (call.state, to) not in TRANSITIONS:
+            raise TransitionError(
+                f"call {call.job.keys.job_id}/{call.call_id}: no transition {call.state.value} -> {to.value}"
+            )
+        call.state = to
+
+    def _fail(self, call: Call, error: BaseException) -> list[Effect]:
+        self._move(call, FAILED)
+        return [_settler(call.future, error=error), *self._after_settling(call)]
+
+    def _failed_attempt(self, call: Call, outcome: Outcome) -> list[Effect]:
+        """An attempt that never ran to an answer: retry it while retries last, else fail the call."""
+        if outcome.kind in RETRYABLE and call.attempt < self.retries and not call.job.attached:
+            self._next_attempt(call, keep_running=False)
+            return [lambda: self._reinvoke(call.job, [call])]
+        error = outcome.error or _FAILURES.get(outcome.kind, CallFailedError)(
+            f"call ended with status {outcome.kind!r}"
+        )
+        if outcome.kind in RETRYABLE and self.retries:
+            error.add_note(f"gave up after {call.attempt + 1} attempts (retries={self.retries})")
+        return self._fail(call, error)
+
+    def _next_attempt(self, call: Call, keep_running: bool) -> None:
+        call.attempt += 1
+        call.future.attempt = call.attempt
+        call.future.stats["attempts"] = call.attempt + 1
+        call.live = (call.live if keep_running else set()) | {call.attempt}
+        if not keep_running:
+            self._move(call, NEW)
+            call.invoked_at = None
+
+    def _after_settling(self, call: Call) -> list[Effect]:
+        job = call.job
+        job.pending.get(group_of(call.call_id), set()).discard(call.call_id)
+        if not job.finished or job not in self.jobs:
+            return []
+        self.jobs.remove(job)
+        return [lambda: self._retired(job)]
+
+
+def _settler(future: Any, value: Any = None, error: BaseException | None = None, cancel: bool = False) -> Effect:
+    def settle() -> None:
+        if cancel:
+            future._settle_cancelled()
+        elif error is not None:
+            future._settle(exception=error)
+        else:
+            future._settle(result=value)
+
+    return settle
+
+
+def _run(effects: list[Effect]) -> None:
+    for effect in effects:
+        effect()
