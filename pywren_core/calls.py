@@ -169,11 +169,10 @@ class CallTracker:
         calls: Iterable[Call],
         attempt_of: dict[str, int],
         issued: tuple[float, float],
-        ambiguous: int = 0,
         throttled: int = 0,
     ) -> None:
         """The platform accepted one invocation carrying ``calls`` (at the attempts in ``attempt_of``),
-        sent at ``issued`` (``time.monotonic()``, ``time.time()``)."""
+        sent at ``issued`` (``time.monotonic()``, ``time.time()``) after ``throttled`` refusals."""
         now, wall = issued
         with self._lock:
             for call in calls:
@@ -182,11 +181,16 @@ class CallTracker:
                 stats = call.future.stats
                 stats.setdefault("invoked", wall)
                 stats["invoke_retries"] = stats.get("invoke_retries", 0) + throttled
-                if ambiguous:
-                    stats["ambiguous_invokes"] = stats.get("ambiguous_invokes", 0) + ambiguous
                 call.invoked_at = now
                 if call.state is NEW:
                     self._move(call, INVOKED)
+
+    def ambiguous(self, calls: Iterable[Call]) -> None:
+        """An invocation of ``calls`` was sent and its answer lost: each may run once more than asked."""
+        with self._lock:
+            for call in calls:
+                stats = call.future.stats
+                stats["ambiguous_invokes"] = stats.get("ambiguous_invokes", 0) + 1
 
     def invoke_failed(self, calls: Iterable[Call], attempt_of: dict[str, int], error: BaseException) -> None:
         """The platform refused the invocation for good: the calls fail with ``error``."""

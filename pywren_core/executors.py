@@ -482,7 +482,7 @@ class _Invoker:
     def _invoke(self, job: Job, calls: list[Call], attempt_of: dict[str, int]) -> None:
         payload = job.payload(calls)
         started = time.monotonic()
-        throttled = ambiguous = 0
+        throttled = 0
         for attempt in itertools.count():
             self.pacer.wait()
             issued = (time.monotonic(), time.time())
@@ -492,7 +492,7 @@ class _Invoker:
                 if isinstance(exc, ThrottledError):
                     throttled += 1
                 else:
-                    ambiguous += 1
+                    self.tracker.ambiguous(calls)
                 if time.monotonic() - started > self.give_up_after:
                     error = InvokeError(f"invoking failed for {self.give_up_after} s, the last time with: {exc}")
                     self.tracker.invoke_failed(calls, attempt_of, error)
@@ -509,7 +509,7 @@ class _Invoker:
                 )
                 self.tracker.invoke_failed(calls, attempt_of, error)
                 return
-            self.tracker.invoked(calls, attempt_of, issued, ambiguous=ambiguous, throttled=throttled)
+            self.tracker.invoked(calls, attempt_of, issued, throttled=throttled)
             return
 
 

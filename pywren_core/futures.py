@@ -72,6 +72,8 @@ class ResponseFuture(concurrent.futures.Future):
 
     # Called by the call tracker only.
     def _settle_cancelled(self) -> bool:
+        if self.cancelled():
+            return True
         if not super().cancel():
             return False
         self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait and as_completed
