@@ -119,6 +119,8 @@ class Executor(concurrent.futures.Executor):
             self.faults = FaultInjector(fault_config, "client")
             wrappers = [*wrappers, self.faults]
         self.session: Session = self.backend.open(self.section, role="client", wrappers=wrappers)
+        if self.faults is not None:
+            self.faults.storage = self.session
         self.executor_id = new_executor_id()
         self._job_numbers = itertools.count()
         #: Futures not yet collected by ``get_result``, in submission order (a dict as an ordered set).

@@ -10,11 +10,14 @@ their job copes, and for the fault suite (``pywren_core.testing.FaultConformance
       storage_errors: 0.05     # fraction of storage operations failing with a retryable error
       crash_workers: 0.05      # fraction of calls whose worker dies after running, before reporting
       corrupt_reads: 0.01      # fraction of object reads returning a flipped byte
+      ambiguous_invokes: 0.05  # fraction of invocations accepted, whose answer is then lost
+      forge_statuses: 0.05     # fraction of calls for which a forger writes a false status
       seed: 1                  # make the choices repeatable
 
 The section travels in invoke payloads (it holds no secrets), so worker-side faults happen on the
-worker. Wrappers cannot swap a hook's arguments, so each fault is made by raising before the call,
-by emptying the payload's call list, or by changing what a read returns.
+worker. Wrappers cannot swap a hook's arguments, so each fault is made by raising before or after
+the call, by emptying the payload's call list, by changing what a read returns, or (forged
+statuses) by writing through the client's session as someone with write access to storage would.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from pywren_core.errors import ConfigError, ThrottledError
+from pywren_core.errors import AmbiguousInvokeError, ConfigError, ThrottledError
 from pywren_core.hookspecs import hookimpl
 
 
@@ -44,6 +47,8 @@ class FaultConfig:
     storage_errors: float = attrs.field(default=0.0, validator=_fraction)
     crash_workers: float = attrs.field(default=0.0, validator=_fraction)
     corrupt_reads: float = attrs.field(default=0.0, validator=_fraction)
+    ambiguous_invokes: float = attrs.field(default=0.0, validator=_fraction)
+    forge_statuses: float = attrs.field(default=0.0, validator=_fraction)
     seed: int | None = None
 
     @classmethod
@@ -74,6 +79,8 @@ class FaultInjector:
         self._random = random.Random(config.seed)
         self._lock = threading.Lock()
         self._throttle_until: float | None = None
+        #: The client's session, for forged writes (set by the executor once the session is open).
+        self.storage: Any = None
         #: What was injected, by kind: tests and users read it to see what their job survived.
         self.injected: dict[str, int] = {}
 
@@ -145,4 +152,22 @@ class FaultInjector:
                 raise ThrottledError("injected fault: too many requests", retry_after=0.05)
         if self._chance(self.config.drop_invocations, "drop_invocations"):
             payload["calls"] = []  # accepted by the "platform", and nothing ever runs
-        return (yield)
+        if self.config.forge_statuses and self.storage is not None:
+            for call in payload["calls"]:  # before the worker runs: its real status comes after
+                if self._chance(self.config.forge_statuses, "forge_statuses", subject=call["call_id"]):
+                    self._forge(payload, call)
+        result = yield
+        if self._chance(self.config.ambiguous_invokes, "ambiguous_invokes"):
+            raise AmbiguousInvokeError("injected fault: the connection dropped after the invocation was accepted")
+        return result
+
+    def _forge(self, payload: Any, call: Any) -> None:
+        """What a forger with write access to storage could write: a status saying the call died
+        (to make it run again) or raised (to feed the client an error of their choosing)."""
+        from pywren_core.protocol import JobKeys, dump_status, new_secret
+
+        keys = JobKeys.from_payload(payload)
+        kind = "died" if int(call["call_id"]) % 2 else "exception"
+        status = {"protocol": payload["protocol"], "call_id": call["call_id"], "attempt": call["attempt"],
+                  "kind": kind, "error": {"type": "ValueError", "message": "forged", "traceback": ""}}
+        self.storage.put(keys.status(call["call_id"], call["attempt"]), dump_status(new_secret(), keys, status))

@@ -352,6 +352,10 @@ class FaultConformance(_Isolated):
     lost_grace = 5.0
     #: Bound on one faulty map: the client must never hang.
     map_deadline = 300.0
+    #: Seconds after submitting before the Ctrl-C test interrupts (the calls must be running), and
+    #: how soon after it the client must have stopped and cleaned up.
+    interrupt_after = 2.0
+    interrupt_bound = 10.0
 
     def run_under(self, pywren_config: dict[str, Any], faults: dict[str, Any], **overrides: Any) -> tuple[Any, list]:
         settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, "retries": 3}
@@ -393,6 +397,83 @@ class FaultConformance(_Isolated):
         _, futures = self.run_under(pywren_config, {"crash_workers": 0.05})
         self.assert_all_correct(futures)
         assert any(f.stats["attempts"] > 1 for f in futures)
+
+    def test_ambiguous_invokes_are_invoked_again_and_counted(self, pywren_config: dict[str, Any]) -> None:
+        ex, futures = self.run_under(pywren_config, {"ambiguous_invokes": 0.05})
+        self.assert_all_correct(futures)
+        injected = ex.faults.injected["ambiguous_invokes"]
+        assert injected > 0
+        assert sum(f.stats.get("ambiguous_invokes", 0) for f in futures) == injected
+
+    def test_forged_statuses_change_nothing(self, pywren_config: dict[str, Any]) -> None:
+        ex, futures = self.run_under(pywren_config, {"forge_statuses": 0.1})
+        self.assert_all_correct(futures)
+        assert ex.faults.injected["forge_statuses"] > 0
+        reran = [f.call_id for f in futures if f.stats["attempts"] != 1 or f.stats["runs"] != 1]
+        assert not reran, f"forged statuses made calls run again: {reran[:5]}"
+
+    def test_denied_listing_fails_the_job_and_reruns_nothing(self, pywren_config: dict[str, Any]) -> None:
+        from pywren_core.errors import AccessDeniedError, StorageError
+
+        class DenyStatusListing:
+            @pw.hookimpl(wrapper=True)
+            def pywren_storage_list(self, session: Any, prefix: str) -> Any:
+                if "/status/" in prefix:
+                    raise AccessDeniedError("AccessDenied: injected, as when credentials expire")
+                return (yield)
+
+        settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, "retries": 3}
+        ex = pw.executor(pywren_config, wrappers=[DenyStatusListing()], **settings)
+        futures = ex.map(square, range(5))
+        done, not_done = pw.wait(futures, timeout=self.map_deadline)
+        ex.shutdown(wait=False)
+        assert not not_done, f"{len(not_done)} calls still pending after {self.map_deadline} s"
+        errors = [f.exception() for f in futures]
+        assert all(isinstance(e, StorageError) and "AccessDenied" in str(e) for e in errors), errors
+        assert all(f.stats["attempts"] == 1 for f in futures), "a call was invoked again"
+
+    def test_a_clock_step_reruns_nothing(self, pywren_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)  # the client's wall clock jumps an hour
+        ex, futures = self.run_under(pywren_config, {}, retries=0)
+        self.assert_all_correct(futures)
+        assert all(f.stats["attempts"] == 1 for f in futures)
+
+    def test_ctrl_c_stops_the_job_promptly_and_leaves_nothing(self, pywren_config: dict[str, Any]) -> None:
+        """SIGINT in a client waiting inside ``with pw.executor() as ex:`` raises within seconds,
+        cancels the calls and deletes the job's objects."""
+        import json
+        import signal
+
+        script = textwrap.dedent("""
+            import json, sys, time
+            import pywren_core as pw
+            from pywren_core.testing import sleep_then_return
+            with pw.executor(json.loads(sys.argv[1]), progress=False) as ex:
+                futures = ex.map(sleep_then_return, [20.0] * 4)
+                print(ex.executor_id, flush=True)
+                ex.get_result(futures)
+        """)
+        client = subprocess.Popen([sys.executable, "-c", script, json.dumps(pywren_config)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            executor_id = client.stdout.readline().strip()  # type: ignore[union-attr]
+            assert executor_id, client.communicate(timeout=60)[1]
+            time.sleep(self.interrupt_after)  # the calls are running
+            client.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            _, stderr = client.communicate(timeout=60)
+            stopped_after = time.monotonic() - interrupted
+        finally:
+            client.kill()
+        assert "KeyboardInterrupt" in stderr, stderr[-2000:]
+        assert stopped_after < self.interrupt_bound, f"took {stopped_after:.1f} s to stop after Ctrl-C"
+        session = open_session(pywren_config)
+        try:
+            left = session.list(f"pywren.jobs/{executor_id}/")
+        finally:
+            session.close()
+        assert left == [], f"{len(left)} objects left behind, e.g. {left[:3]}"
 
     def test_corrupted_reads_never_give_a_wrong_result(self, pywren_config: dict[str, Any]) -> None:
         from pywren_core.errors import SignatureError
