@@ -103,14 +103,22 @@ class CallEvent:
     message: str = ""
 
 
-def backoff_delay(attempt: int, retry_after: float | None = None, base: float = 0.05, cap: float = 5.0) -> float:
-    """Exponential backoff with full jitter; the platform's own hint wins when it gave one."""
+#: Longest pause the core takes on a platform's Retry-After hint: a bad hint never stalls a job.
+RETRY_AFTER_CAP = 30.0
+#: Tries of one storage operation that the platform throttles, in the core. The SDKs retry
+#: transport errors themselves (each plugin's README says how many times); together a storage
+#: operation makes a bounded, documented number of HTTP requests (docs/reliability.md).
+STORAGE_ATTEMPTS = 6
+
+
+def backoff_delay(attempt: int, retry_after: float | None = None, base: float = 0.1, cap: float = 5.0) -> float:
+    """Exponential backoff with full jitter; the platform's own hint wins when it gave one (capped)."""
     if retry_after is not None:
-        return retry_after
+        return min(max(0.0, retry_after), RETRY_AFTER_CAP)
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
-def retry_throttled(operation: Callable[[], T], attempts: int = 10) -> T:
+def retry_throttled(operation: Callable[[], T], attempts: int = STORAGE_ATTEMPTS) -> T:
     """Run ``operation``, waiting and trying again while the platform says it is throttled."""
     for attempt in range(attempts):
         try:

@@ -173,3 +173,21 @@ def test_the_table_forbids_moves_out_of_a_final_state():
     r.tracker.settle(a, 0, Outcome("success", value=1))
     with pytest.raises(RuntimeError, match="no transition done -> invoked"):
         r.tracker._move(a, INVOKED)
+
+
+def test_storage_throttling_is_retried_a_bounded_number_of_times_with_a_capped_hint(monkeypatch):
+    from pywren_core import backend
+    from pywren_core.errors import ThrottledError
+
+    slept: list[float] = []
+    monkeypatch.setattr(backend.time, "sleep", slept.append)
+    tries = []
+
+    def always_throttled():
+        tries.append(1)
+        raise ThrottledError("SlowDown", retry_after=3600)
+
+    with pytest.raises(ThrottledError):
+        backend.retry_throttled(always_throttled)
+    assert len(tries) == backend.STORAGE_ATTEMPTS
+    assert slept == [backend.RETRY_AFTER_CAP] * (backend.STORAGE_ATTEMPTS - 1)
