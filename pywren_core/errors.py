@@ -78,11 +78,31 @@ class RemoteTraceback(Exception):
     """Set as ``__cause__`` of a re-raised remote exception, so its traceback prints with it."""
 
     def __init__(self, tb: str):
+        tb = _with_source_lines(tb)
         super().__init__(tb)
         self.tb = tb
 
     def __str__(self) -> str:
         return f'\n"""\nRemote traceback:\n{self.tb}"""'
+
+
+def _with_source_lines(tb: str) -> str:
+    """Add the source line under each frame of a remote traceback whose file exists here (the
+    user's own code, which the worker ran without its source files)."""
+    import linecache
+    import re
+
+    lines = tb.splitlines(keepends=True)
+    out = []
+    for index, line in enumerate(lines):
+        out.append(line)
+        frame = re.match(r'  File "(.+)", line (\d+), in ', line)
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if frame and not following.startswith("    "):
+            source = linecache.getline(frame.group(1), int(frame.group(2))).strip()
+            if source:
+                out.append(f"    {source}\n")
+    return "".join(out)
 
 
 class SerializationError(PywrenError, TypeError):

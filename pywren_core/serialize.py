@@ -7,6 +7,7 @@ it is neither in the standard library nor installed (see :func:`is_user_module`)
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import os
@@ -71,8 +72,17 @@ def is_user_module(name: str) -> bool:
     return True
 
 
+def _code_keeping_filename(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with the real file name instead of
+    ``<dynamic-code>``, so a remote traceback names the user's file and line."""
+    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
+    return constructor, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
 class _ModuleRecorder(cloudpickle.Pickler):
     """Notes every module a pickle refers to by name, so user modules can be re-pickled by value."""
+
+    dispatch_table = collections.ChainMap({types.CodeType: _code_keeping_filename}, cloudpickle.Pickler.dispatch_table)
 
     def __init__(self, file: io.BytesIO):
         super().__init__(file, protocol=cloudpickle.DEFAULT_PROTOCOL)

@@ -290,3 +290,15 @@ def test_pacer_spaces_turns_across_threads():
     for _ in range(1000):
         unpaced.wait()
     assert time.monotonic() - start < 1.0, "no rate means no waiting"
+
+
+def test_remote_traceback_names_the_users_file_and_line(ex, tmp_path, monkeypatch):
+    (tmp_path / "users_code_for_traceback.py").write_text("def boom(x):\n    y = x + 1\n    raise ValueError(y)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import users_code_for_traceback
+
+    with pytest.raises(ValueError) as info:
+        ex.call_async(users_code_for_traceback.boom, 1).result(timeout=60)
+    remote = str(info.value.__cause__)
+    assert f'File "{tmp_path / "users_code_for_traceback.py"}", line 3, in boom' in remote
+    assert "raise ValueError(y)" in remote and "<dynamic-code>" not in remote
