@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 import pywren_core
-from pywren_core import plugins, worker
+from pywren_core import harness, plugins, worker
 from pywren_core.backend import BackendInfo, ConfigField, Limits
 from pywren_core.config import user_cache_dir
 from pywren_core.errors import NotFoundError, StorageError
@@ -278,8 +278,7 @@ class _Worker:
 
     @property
     def head_deadline(self) -> float | None:
-        timeout = self.inflight[0].get("timeout") if self.inflight else None
-        return self.head_started + timeout * len(self.inflight[0]["calls"]) if timeout else None
+        return harness.deadline_for(self.inflight[0], self.head_started) if self.inflight else None
 
 
 class WorkerPool:
