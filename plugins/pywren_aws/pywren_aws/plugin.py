@@ -9,17 +9,15 @@ follow boto3's configuration too (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL_LA
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ConnectionError as BotoConnectionError
-from botocore.exceptions import NoRegionError
+from botocore.exceptions import ConnectionClosedError, NoRegionError, ReadTimeoutError
 from pywren_core.backend import REQUIRED, BackendInfo, ConfigField, Limits
-from pywren_core.errors import ConfigError, InvokeError
+from pywren_core.errors import AmbiguousInvokeError, ConfigError, InvokeError
 from pywren_core.hookspecs import hookimpl
 
 from pywren_aws import storage
@@ -32,8 +30,6 @@ MAX_PAYLOAD_BYTES = 250_000
 S3_POOL = 64
 #: The core's invoker runs up to ``invoke_threads`` (64 by default) invocations at once.
 LAMBDA_POOL = 128
-#: Attempts when Lambda cannot be reached at all; throttling is retried by the core instead.
-CONNECT_ATTEMPTS = 3
 
 CONFIG = (
     ConfigField("bucket", str, REQUIRED, help="S3 bucket that holds the job objects"),
@@ -92,9 +88,9 @@ def pywren_connect(config: Mapping[str, Any], role: str) -> AwsSession:
     s3_config = Config(max_pool_connections=S3_POOL, retries={"mode": "standard", "max_attempts": 3})
     session = AwsSession(config, boto, boto.client("s3", endpoint_url=config["endpoint_url"], config=s3_config))
     if role == "client":
-        # No botocore retries: a throttled invocation must reach the core's invoker, which backs off
-        # and invokes again, instead of blocking an invoker thread inside botocore. Parameters are
-        # built here, not by users, so validating them only costs CPU (~15% of an invoke's).
+        # No botocore retries: a throttled or ambiguous invocation must reach the core's invoker, which
+        # backs off and invokes again (and counts a possible duplicate), instead of botocore retrying
+        # unseen. Parameters are built here, not by users, so validating them only costs CPU.
         timeout = config["invoke_timeout"]
         invoke_config = Config(max_pool_connections=LAMBDA_POOL, retries={"total_max_attempts": 1},
                                connect_timeout=timeout, read_timeout=timeout, parameter_validation=False)
@@ -130,18 +126,20 @@ def pywren_storage_delete(session: AwsSession, keys: Sequence[str]) -> None:
 
 @hookimpl
 def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
-    """One asynchronous invocation. 429 and 5xx become ThrottledError (see ``errors.THROTTLED``)."""
+    """One asynchronous invocation, tried once: every retry is the core's (see the README's "Retries").
+
+    429 and 5xx become ThrottledError (see ``errors.THROTTLED``); an answer lost after the request was
+    sent, AmbiguousInvokeError; an endpoint that cannot be reached at all, InvokeError naming it.
+    """
     name = session.config["function_name"]
     body = json.dumps(payload, separators=(",", ":")).encode()
-    with mapped(f"Lambda invoke of {name}", default=InvokeError):
-        for attempt in range(CONNECT_ATTEMPTS):
-            try:
-                session.lambda_.invoke(FunctionName=name, InvocationType="Event", Payload=body)
-                return
-            except BotoConnectionError:  # whether Lambda got it is unknown: at worst the call runs twice
-                if attempt == CONNECT_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
+    what = f"Lambda invoke of {name} at {session.lambda_.meta.endpoint_url}"
+    with mapped(what, default=InvokeError):
+        try:
+            session.lambda_.invoke(FunctionName=name, InvocationType="Event", Payload=body)
+        except (ConnectionClosedError, ReadTimeoutError) as exc:
+            raise AmbiguousInvokeError(f"{what}: the request was sent but its answer was lost "
+                                       f"({type(exc).__name__}); Lambda may have accepted it") from None
 
 
 @hookimpl

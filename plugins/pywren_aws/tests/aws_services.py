@@ -51,7 +51,8 @@ def start_lambda(log_dir: Path, function: str, env: dict[str, str], runtimes: in
 
 
 def control(service: LocalServer, command: str, **args: Any) -> Any:
-    """Ask the Lambda stand-in to do something (``throttle``, ``configure``, ``reset``) or to report."""
+    """Ask the Lambda stand-in to do something (``throttle``, ``drop``, ``configure``, ``reset``) or to
+    report (``stats``, ``payloads``, ``dropped``)."""
     if args or command in ("reset",):
         request = urllib.request.Request(f"{service.url}/_control/{command}", json.dumps(args).encode(), method="POST")
     else:

@@ -3,15 +3,16 @@
 In front it serves the Invoke API that boto3 calls (``POST /2015-03-31/functions/{name}/invocations``
 with ``X-Amz-Invocation-Type`` Event → 202, RequestResponse → 200, DryRun → 204; unknown function →
 404 ``ResourceNotFoundException``; over 256 KB → 413; while throttling → 429
-``TooManyRequestsException``). Behind it, N processes of AWS's own runtime client
+``TooManyRequestsException``; in drop mode, every Nth Event invocation is accepted and run but its
+connection is closed before the answer, as a lossy network does). Behind it, N processes of AWS's own runtime client
 (``python -m awslambdaric HANDLER``) each poll a Runtime API of their own, so the server knows which
 process runs which invocation: like Lambda, it kills a process whose invocation passes its deadline
 (sent as ``Lambda-Runtime-Deadline-Ms``) and starts a fresh one when a process exits.
 
 Run: ``python lambda_api_server.py --function NAME --handler MOD.FUNC --port-file FILE [--runtimes N]
 [--timeout S] [--log FILE]``; the port it bound on 127.0.0.1 is written to ``--port-file`` once it
-serves. Tests steer it with ``/_control/`` requests: ``stats``, ``payloads``, ``throttle`` and
-``configure`` (JSON bodies), ``reset``.
+serves. Tests steer it with ``/_control/`` requests: ``stats``, ``payloads``, ``dropped`` (the payloads
+whose answer was dropped), ``throttle``, ``drop`` and ``configure`` (JSON bodies), ``reset``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Lambda:
         self.lock = threading.Lock()
         self.closing = False
         self.throttle_until = 0.0
+        self.drop_every = 0
         self.reset()
         self.runtimes = [Runtime(i, self._serve(runtime_index=i)) for i in range(args.runtimes)]
         for runtime in self.runtimes:
@@ -85,7 +87,9 @@ class Lambda:
     def reset(self) -> None:
         with self.lock:
             self.payloads: list[str] = []
-            self.stats = {"accepted": 0, "throttled": 0, "succeeded": 0, "failed": 0, "timed_out": 0, "exited": 0}
+            self.dropped: list[str] = []
+            self.stats = {"accepted": 0, "throttled": 0, "dropped": 0, "succeeded": 0, "failed": 0, "timed_out": 0,
+                          "exited": 0}
 
     def count(self, name: str) -> None:
         with self.lock:
@@ -133,14 +137,20 @@ class Lambda:
                     time.sleep(1.0)
                 self._spawn(runtime)
 
-    def invoke(self, payload: bytes) -> Invocation:
+    def invoke(self, payload: bytes, kind: str) -> tuple[Invocation, bool]:
+        """Queue the invocation; True as second value when its answer is to be dropped."""
         invocation = Invocation(payload)
+        text = payload.decode("utf-8", "replace")
         with self.lock:
             self.invocations[invocation.id] = invocation
-            self.payloads.append(payload.decode("utf-8", "replace"))
+            self.payloads.append(text)
             self.stats["accepted"] += 1
+            drop = kind == "Event" and self.drop_every > 0 and self.stats["accepted"] % self.drop_every == 0
+            if drop:
+                self.dropped.append(text)
+                self.stats["dropped"] += 1
         self.queue.put(invocation)
-        return invocation
+        return invocation, drop
 
     def next_for(self, runtime: Runtime) -> Invocation | None:
         while not self.closing:
@@ -222,6 +232,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_control/payloads":
             with self.app.lock:
                 return self.reply(200, json.dumps(self.app.payloads).encode())
+        if self.path == "/_control/dropped":
+            with self.app.lock:
+                return self.reply(200, json.dumps(self.app.dropped).encode())
         self.reply(404)
 
     def do_POST(self) -> None:
@@ -257,7 +270,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(204)
         if kind == "Event" and len(payload) > MAX_ASYNC_PAYLOAD:
             return self.error(413, "RequestTooLargeException", f"Request must be under {MAX_ASYNC_PAYLOAD} bytes")
-        invocation = app.invoke(payload)
+        invocation, drop = app.invoke(payload, kind)
+        if drop:  # accepted and running, but the client never hears so: no reply, connection closed
+            self.close_connection = True
+            return
         if kind == "Event":
             return self.reply(202)
         invocation.done.wait(app.timeout + 30)
@@ -270,6 +286,8 @@ class Handler(BaseHTTPRequestHandler):
         app = self.app
         if command == "throttle":
             app.throttle_until = time.time() + float(args["seconds"])
+        elif command == "drop":
+            app.drop_every = int(args["every"])
         elif command == "configure":
             app.timeout = float(args.get("timeout", app.timeout))
         elif command == "reset":

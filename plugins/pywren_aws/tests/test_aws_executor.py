@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from pywren_core.testing import (
     ExecutorConformance,
     FaultConformance,
     LocalServer,
+    free_port,
     sleep_then_return,
     square,
 )
@@ -48,6 +50,39 @@ def test_throttled_invocations_are_retried_not_lost(pywren_config: dict[str, Any
     assert stats["throttled"] > 0
     assert stats["accepted"] == 100  # every call was accepted once: none lost, none doubled
     assert sum(f.stats["invoke_retries"] for f in futures) == stats["throttled"]
+
+
+def test_lost_answers_are_invoked_again_and_counted(pywren_config: dict[str, Any],
+                                                    lambda_server: LocalServer) -> None:
+    """Lambda accepts every fourth invocation and runs it, but the connection drops before the answer:
+    the core invokes again, no call fails, and those calls count a possible duplicate run."""
+    aws_services.control(lambda_server, "reset")
+    aws_services.control(lambda_server, "drop", every=4)
+    try:
+        with pw.executor(pywren_config, progress=False) as ex:
+            futures = ex.map(square, range(100))
+            assert ex.get_result(futures, timeout=180) == [x * x for x in range(100)]
+    finally:
+        aws_services.control(lambda_server, "drop", every=0)
+    dropped = {call["call_id"] for payload in aws_services.control(lambda_server, "dropped")
+               for call in json.loads(payload)["calls"]}
+    assert len(dropped) >= 100 // 4
+    assert all(f.stats.get("ambiguous_invokes", 0) >= 1 for f in futures if f.call_id in dropped)
+    assert all(f.stats.get("ambiguous_invokes", 0) == 0 for f in futures if f.call_id not in dropped)
+
+
+def test_unreachable_lambda_endpoint_fails_the_calls_at_once(pywren_config: dict[str, Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection is neither throttling nor ambiguous: an InvokeError naming the endpoint."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", endpoint)
+    with pw.executor(pywren_config, progress=False) as ex:
+        started = time.monotonic()
+        futures = ex.map(square, range(3))
+        for future in futures:
+            with pytest.raises(InvokeError, match=re.escape(endpoint)):
+                future.result(timeout=60)
+        assert time.monotonic() - started < 5
 
 
 def test_handler_stops_before_the_platform_time_limit(pywren_config: dict[str, Any],
