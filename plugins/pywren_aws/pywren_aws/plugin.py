@@ -30,6 +30,10 @@ MAX_PAYLOAD_BYTES = 250_000
 S3_POOL = 64
 #: The core's invoker runs up to ``invoke_threads`` (64 by default) invocations at once.
 LAMBDA_POOL = 128
+#: HTTP tries botocore makes per S3 request. botocore cannot be told to retry transport errors only
+#: (its retries cover throttling and 5xx too), and the core retries ``ThrottledError`` on top, so keep
+#: it at one retry: a reset connection is retried here, a throttled operation mostly by the core.
+S3_TRIES = 2
 
 CONFIG = (
     ConfigField("bucket", str, REQUIRED, help="S3 bucket that holds the job objects"),
@@ -85,7 +89,7 @@ class AwsSession:
 @hookimpl
 def pywren_connect(config: Mapping[str, Any], role: str) -> AwsSession:
     boto = boto3.session.Session(region_name=config["region"])
-    s3_config = Config(max_pool_connections=S3_POOL, retries={"mode": "standard", "max_attempts": 3})
+    s3_config = Config(max_pool_connections=S3_POOL, retries={"mode": "standard", "total_max_attempts": S3_TRIES})
     session = AwsSession(config, boto, boto.client("s3", endpoint_url=config["endpoint_url"], config=s3_config))
     if role == "client":
         # No botocore retries: a throttled or ambiguous invocation must reach the core's invoker, which
