@@ -1,8 +1,11 @@
 """Job objects in Cloud Storage, through google-cloud-storage, with its errors mapped to pywren's.
 
-Transport failures (a reset connection, a read timeout) are retried inside the SDK, because they say
-nothing about the service's load. HTTP 408/429/5xx become :class:`~pywren_core.errors.ThrottledError`
-so the core's backoff handles them once, instead of two retry loops stacked on each other.
+One layer per kind of retry (the README's "Retries"): transport failures (a refused or reset
+connection, a timeout before the answer) are retried by urllib3 under the SDK, a bounded number of
+times per HTTP request; the SDK's own retry (``google.api_core`` Retry, bounded by time, not by
+tries) is off. HTTP 408/429/5xx become :class:`~pywren_core.errors.ThrottledError`, which the core
+retries with backoff, and a transport failure that outlasts urllib3's tries is a plain
+:class:`~pywren_core.errors.StorageError`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ from typing import Any
 import google.auth.exceptions
 import requests
 from google.api_core import exceptions as google_exceptions
-from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
-from google.cloud.storage.retry import DEFAULT_RETRY
+from urllib3.util.retry import Retry
 
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
 
@@ -29,15 +31,12 @@ BATCH_SIZE = 100
 #: executor's 32 concurrent status reads, or a worker's concurrent calls, open and drop sockets.
 POOL_SIZE = 64
 TIMEOUT = (30.0, 120.0)  # (connect, read) seconds per request
-
-
-def _transport_error(exc: Exception) -> bool:
-    return isinstance(exc, (ConnectionError, requests.ConnectionError, requests.Timeout,
-                            requests.exceptions.ChunkedEncodingError))
-
-
-#: Retries transport failures only; status codes are left to the mapping below.
-TRANSPORT_RETRY: Retry = DEFAULT_RETRY.with_predicate(_transport_error).with_timeout(120.0)
+#: HTTP tries per request on a transport failure: a connection that could not be made or broke, or
+#: a timeout, before the response's head. Never on a status code (those are the core's to retry),
+#: and on any method: every request here is idempotent (a put replaces the object whole).
+TRIES = 3
+TRANSPORT_RETRY = Retry(total=TRIES - 1, allowed_methods=None, status_forcelist=(),
+                        respect_retry_after_header=False, backoff_factor=0.25)
 
 
 def make_client(project: str, endpoint: str, credentials: Credentials | None) -> storage.Client:
@@ -52,9 +51,12 @@ def make_client(project: str, endpoint: str, credentials: Credentials | None) ->
                                 client_options={"api_endpoint": endpoint})
     else:
         client = storage.Client(project=project or None, credentials=credentials)
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=TRANSPORT_RETRY)
     client._http.mount("https://", adapter)
     client._http.mount("http://", adapter)
+    # google-cloud-storage >= 3.x fetches each bucket's metadata in a background thread, for tracing
+    # attributes only, with retries of its own: a request and a thread per client outside the policy.
+    client._bucket_metadata_cache = None
     return client
 
 
@@ -79,7 +81,7 @@ def errors_mapped(what: str) -> Iterator[None]:
     except google_exceptions.GoogleAPICallError as exc:
         raise mapped_error(exc, what) from None
     except (requests.RequestException, ConnectionError, google.auth.exceptions.TransportError) as exc:
-        raise ThrottledError(f"{what}: {type(exc).__name__}") from None
+        raise StorageError(f"{what}: {type(exc).__name__} (the connection failed, {TRIES} tries)") from None
     except google.auth.exceptions.GoogleAuthError as exc:  # the credentials were refused or cannot refresh
         raise AccessDeniedError(f"{what}: {type(exc).__name__} while authenticating") from None
 
@@ -98,21 +100,21 @@ class GcsStore:
         # Either is atomic: the object appears when the upload completes.
         with errors_mapped(f"put gs://{self.bucket.name}/{key}"):
             self.bucket.blob(key).upload_from_string(
-                data, content_type="application/octet-stream", timeout=TIMEOUT, retry=TRANSPORT_RETRY
+                data, content_type="application/octet-stream", timeout=TIMEOUT, retry=None
             )
 
     def get(self, key: str, byte_range: tuple[int, int] | None) -> bytes:
         blob = self.bucket.blob(key)
         with errors_mapped(f"get gs://{self.bucket.name}/{key}"):
             if byte_range is None:
-                return blob.download_as_bytes(timeout=TIMEOUT, retry=TRANSPORT_RETRY)
+                return blob.download_as_bytes(timeout=TIMEOUT, retry=None)
             start, end = byte_range
             if end <= start:
-                blob.reload(timeout=TIMEOUT, retry=TRANSPORT_RETRY)  # still NotFoundError for a missing key
+                blob.reload(timeout=TIMEOUT, retry=None)  # still NotFoundError for a missing key
                 return b""
             try:
                 # The hook's range is half-open [start, end); the SDK's end is inclusive.
-                return blob.download_as_bytes(start=start, end=end - 1, timeout=TIMEOUT, retry=TRANSPORT_RETRY)
+                return blob.download_as_bytes(start=start, end=end - 1, timeout=TIMEOUT, retry=None)
             except google_exceptions.RequestRangeNotSatisfiable:
                 return b""  # the object exists but ends before ``start``: slicing semantics
 
@@ -120,7 +122,7 @@ class GcsStore:
         with errors_mapped(f"list gs://{self.bucket.name}/{prefix}"):
             blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=1000,
                                            fields="items(name),nextPageToken", timeout=TIMEOUT,
-                                           retry=TRANSPORT_RETRY)
+                                           retry=None)
             return [blob.name for blob in blobs]  # the iterator follows every page
 
     def delete(self, keys: Sequence[str]) -> None:
@@ -136,7 +138,7 @@ class GcsStore:
             try:
                 with batch:
                     for key in keys:
-                        self.bucket.delete_blob(key, timeout=TIMEOUT)
+                        self.bucket.delete_blob(key, timeout=TIMEOUT, retry=None)
             except (ValueError, google_exceptions.NotFound):  # "not multi-part", or no such endpoint
                 self.batch_supported = False
                 return False
@@ -151,7 +153,7 @@ class GcsStore:
     def _delete_one(self, key: str) -> None:
         with errors_mapped(f"delete gs://{self.bucket.name}/{key}"):
             try:
-                self.bucket.delete_blob(key, timeout=TIMEOUT, retry=TRANSPORT_RETRY)
+                self.bucket.delete_blob(key, timeout=TIMEOUT, retry=None)
             except google_exceptions.NotFound:
                 pass  # deleting is idempotent
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import pytest
 
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
-from pywren_core.testing import StorageConformance
-from pywren_gcp.storage import GcsStore, make_client
+from pywren_core.testing import StorageConformance, open_session
+from pywren_gcp.storage import TRIES, GcsStore, make_client
 
 from conftest import gcp_config
 
@@ -31,6 +32,7 @@ class _Answer(http.server.BaseHTTPRequestHandler):
     status = 500
 
     def _reply(self) -> None:
+        self.server.requests += 1  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         body = b'{"error": {"code": %d, "message": "refused by the test server"}}' % self.server.status  # type: ignore[attr-defined]
@@ -49,6 +51,7 @@ class _Answer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def refusing_endpoint() -> Iterator[http.server.ThreadingHTTPServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    server.requests = 0  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -65,10 +68,13 @@ def test_sdk_errors_become_pywren_errors(refusing_endpoint: Any, status: int, er
     operations = [lambda: store.get("k", None), lambda: store.get("k", (0, 5)), lambda: store.put("k", b"x"),
                   lambda: store.list("k")]
     for operation in operations:
+        refusing_endpoint.requests = 0
         with pytest.raises(error) as info:
             operation()
         assert info.value.__cause__ is None  # no SDK error (nor the request it holds) rides along
         assert str(status) in str(info.value) or status == 401  # 401: the SDK's own refresh attempt fails first
+        if error is ThrottledError:
+            assert refusing_endpoint.requests == 1  # the SDK never retries a status: the core does
     if status == 404:
         store.delete(["k"])  # deleting a missing key is not an error
     else:
@@ -101,3 +107,31 @@ def test_delete_falls_back_when_the_endpoint_has_no_batch_api(storage_url: str) 
     store.delete(keys + ["batch/never-existed"])
     assert store.list("batch/") == []
     assert store.batch_supported is False  # fake-gcs-server answers the batch endpoint without multipart
+
+
+def test_a_broken_connection_is_tried_three_times_then_is_a_storage_error() -> None:
+    """Transport failures are urllib3's to retry, a few times per request; the core adds none on top."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    session = open_session(gcp_config(f"http://127.0.0.1:{server.getsockname()[1]}", "http://127.0.0.1:9/unused"))
+    try:
+        for operation in (lambda: session.get("k"), lambda: session.put("k", b"x"), lambda: session.list("k")):
+            accepted.clear()
+            with pytest.raises(StorageError, match="the connection failed"):
+                operation()
+            assert len(accepted) == TRIES
+    finally:
+        session.close()
+        server.close()
