@@ -6,7 +6,6 @@ here through a plugin manager of the backend's own, so no hook checks whom a cal
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -18,8 +17,8 @@ import google.auth.transport.requests
 import google.oauth2.id_token
 import google.oauth2.service_account
 
-from pywren_core.backend import BackendInfo, ConfigField, Limits
-from pywren_core.errors import AccessDeniedError, InvokeError, ThrottledError
+from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits
+from pywren_core.errors import AccessDeniedError, InvokeError
 from pywren_core.hookspecs import hookimpl
 from pywren_gcp import deploy as deploy_module
 from pywren_gcp.invoker import Dispatcher
@@ -146,12 +145,19 @@ class GcpSession:
                         self._id_credentials = google.oauth2.id_token.fetch_id_token_credentials(audience, request)
                 if not self._id_credentials.valid:
                     self._id_credentials.refresh(request)
-            except google.auth.exceptions.TransportError as exc:
-                raise ThrottledError(f"could not reach Google to mint an ID token: {type(exc).__name__}") from None
+            except google.auth.exceptions.TransportError as exc:  # google-auth has retried it already
+                raise InvokeError(f"could not reach Google to mint an ID token for {audience}: "
+                                  f"{type(exc).__name__}") from None
             except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
                 raise InvokeError(f"could not mint an ID token for {audience} ({type(exc).__name__}); set "
                                   "gcp.credentials_file to a service-account key, or gcp.invoke_token") from None
             return f"Bearer {self._id_credentials.token}"
+
+    def events(self) -> list[CallEvent]:
+        """What the open requests reported since the last call; nothing before the first invocation."""
+        with self._lock:
+            dispatcher = self._dispatcher
+        return dispatcher.events() if dispatcher is not None else []
 
     def close(self) -> None:
         if self._dispatcher is not None:
@@ -187,8 +193,13 @@ def pywren_storage_delete(session: GcpSession, keys: Sequence[str]) -> None:
 @hookimpl
 def pywren_invoke(session: GcpSession, payload: Mapping[str, Any]) -> None:
     dispatcher = session.dispatcher()
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    dispatcher.invoke(body, session.authorization(dispatcher.url))
+    dispatcher.invoke(payload, session.authorization(dispatcher.url))
+
+
+@hookimpl
+def pywren_poll_events(session: GcpSession) -> list[CallEvent]:
+    """Error lines from the handler and held-open requests that broke (see ``pywren_gcp.invoker``)."""
+    return session.events()
 
 
 @hookimpl

