@@ -64,9 +64,11 @@ def test_lost_answers_are_invoked_again_and_counted(pywren_config: dict[str, Any
             assert ex.get_result(futures, timeout=180) == [x * x for x in range(100)]
     finally:
         aws_services.control(lambda_server, "drop", every=0)
+    stats = aws_services.control(lambda_server, "stats")
+    assert stats["dropped"] >= 100 // 4  # a call's second invocation may be dropped too
+    assert sum(f.stats.get("ambiguous_invokes", 0) for f in futures) == stats["dropped"]
     dropped = {call["call_id"] for payload in aws_services.control(lambda_server, "dropped")
                for call in json.loads(payload)["calls"]}
-    assert len(dropped) >= 100 // 4
     assert all(f.stats.get("ambiguous_invokes", 0) >= 1 for f in futures if f.call_id in dropped)
     assert all(f.stats.get("ambiguous_invokes", 0) == 0 for f in futures if f.call_id not in dropped)
 
