@@ -39,6 +39,7 @@ from pywren_core.testing import LocalServer, free_port, http_status, open_sessio
 
 ACCOUNT = "benchaccount"
 KEY = base64.b64encode(os.urandom(32)).decode()
+PAYLOAD_KEY = os.urandom(32).hex()  # the function app's PYWREN_PAYLOAD_KEY, and the clients' payload_key
 QUEUE = "pywren-bench"
 CONTAINER = "pywren-bench"
 
@@ -62,6 +63,7 @@ def start_servers(workdir: Path, concurrency: int) -> tuple[list[LocalServer], s
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYWREN_")}
     env.update({"AzureWebJobsStorage": connection, "PYWREN_AZURE_CONNECTION_STRING": connection,
                 "PYWREN_AZURE_QUEUE": QUEUE, "PYWREN_AZURE_MAX_CONCURRENCY": str(concurrency),
+                "PYWREN_PAYLOAD_KEY": PAYLOAD_KEY,
                 "FUNCTIONS_TEST_KEY": "bench-key"})
     host = LocalServer("functions host", [sys.executable, str(TESTS / "functions_host.py"), "--port", str(port),
                                      "--concurrency", str(concurrency)], workdir / "host.log", env=env, cwd=workdir)
@@ -112,7 +114,7 @@ def raw_queue_round_trip(connection: str, calls: int) -> tuple[float, float]:
 
 
 def bench_calls(connection: str, url: str, calls: int, rounds: int) -> None:
-    section = {"connection_string": connection, "container": CONTAINER, "queue": QUEUE}
+    section = {"connection_string": connection, "container": CONTAINER, "queue": QUEUE, "payload_key": PAYLOAD_KEY}
     configs = {
         "azure queue": {"backend": "azure", "azure": {**section, "trigger": "queue"}},
         "azure http": {"backend": "azure", "azure": {**section, "trigger": "http", "function_url": f"{url}/api/pywren",

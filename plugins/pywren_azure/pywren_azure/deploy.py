@@ -6,8 +6,10 @@ of the third-party packages pinned to the versions this client runs (installed b
 remote build), and pywren-core and pywren-azure themselves, vendored with their metadata so the
 worker finds the ``azure`` entry point and runs the very core version of the client.
 
-Uploading uses Kudu's zip deploy with a token from DefaultAzureCredential (the ``identity``
-extra); the function app itself is created once with ``az functionapp create`` (see the README).
+Deploying needs ``payload_key``: it becomes the app setting ``PYWREN_PAYLOAD_KEY`` (through Azure
+Resource Manager), never a file of the package, which Azure keeps in the storage account. Then
+Kudu's zip deploy uploads the package. Both use a token from DefaultAzureCredential (the
+``identity`` extra); the function app itself is created once with ``az functionapp create``.
 """
 
 from __future__ import annotations
@@ -24,21 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.queue import QueueClient
 
 import pywren_azure
 import pywren_core
-from pywren_azure.errors import mapped
-from pywren_azure.invoke import QueueInvoker
+from pywren_azure.errors import mapped, scrub
+from pywren_azure.invoke import PAYLOAD_KEY_COMMAND, QueueInvoker
 from pywren_azure.runtime import DEFAULT_TIME_LIMIT
 from pywren_azure.session import AzureSession
 from pywren_core.errors import ConfigError, InvokeError
+from pywren_core.protocol import PAYLOAD_KEY_ENV
 
 #: Packages the function needs beyond the requirements of pywren-core and pywren-azure.
 EXTRA_REQUIREMENTS = ("azure-functions", "azure-identity")
 VENDORED = ("pywren-core", "pywren-azure")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the same inputs make the same zip, byte for byte
 DEPLOY_WAIT = 600.0
+MANAGEMENT_URL = "https://management.azure.com"
+SCM_URL = "https://{app}.scm.azurewebsites.net"
 
 
 def host_json(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,15 +154,24 @@ def _management_token() -> str:
 
 
 def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
-    """Upload the package to ``function_app`` with Kudu zip deploy and wait for it to finish."""
+    """Set the app's payload key, then upload the package with Kudu zip deploy and wait for it."""
     app = config.get("function_app")
     if not app:
         raise ConfigError("pywren deploy for azure needs azure.function_app (create it with az functionapp create)")
+    if not config.get("payload_key"):
+        # The app's queue trigger would run whatever anyone who can write to the queue sends it.
+        raise ConfigError(
+            "pywren deploy for azure needs azure.payload_key, so that the function app runs only what your "
+            "clients send (its queue is readable and writable with the storage account key). Make one with: "
+            f"{PAYLOAD_KEY_COMMAND}, put it in the azure section of your config (or PYWREN_AZURE_PAYLOAD_KEY), "
+            "then run pywren deploy again"
+        )
     headers = {"Authorization": f"Bearer {_management_token()}"}
+    _set_app_setting(session, headers, _site_id(session, headers, app), PAYLOAD_KEY_ENV, config["payload_key"].strip())
     with tempfile.TemporaryDirectory() as scratch:
         package = build_package(config, scratch)
         with open(package, "rb") as body:
-            response = session.http.post(f"https://{app}.scm.azurewebsites.net/api/zipdeploy?isAsync=true",
+            response = session.http.post(f"{SCM_URL.format(app=app)}/api/zipdeploy?isAsync=true",
                                          data=body, headers=headers, timeout=(20, 600))
     if response.status_code not in (200, 202):
         raise InvokeError(f"zip deploy to {app} answered HTTP {response.status_code}: {response.text[:200]}")
@@ -171,7 +184,45 @@ def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
                 raise InvokeError(f"deployment to {app} failed: {state.get('status_text') or state.get('log_url')}")
             break
         time.sleep(3)
-    return f"deployed pywren-azure {pywren_azure.__version__} to function app {app} (queue {config['queue']!r})"
+    return (f"deployed pywren-azure {pywren_azure.__version__} to function app {app} (queue {config['queue']!r}, "
+            f"payload key set as app setting {PAYLOAD_KEY_ENV})")
+
+
+def _arm(session: AzureSession, headers: dict[str, str], method: str, path: str, **kwargs: Any) -> Any:
+    """One Azure Resource Manager request; its JSON answer. An error shows only ARM's error code and
+    message, never a body (the settings list holds the app's connection strings)."""
+    response = session.http.request(method, f"{MANAGEMENT_URL}{path}", headers=headers, timeout=(20, 60), **kwargs)
+    if response.status_code >= 300:
+        try:
+            error = response.json().get("error") or {}
+        except ValueError:
+            error = {}
+        detail = scrub(f"{error.get('code', '')}: {error.get('message', '')}", session.secrets)
+        raise InvokeError(f"Azure Resource Manager answered {method} {path.split('?')[0]} with HTTP "
+                          f"{response.status_code} {detail}")
+    return response.json()
+
+
+def _site_id(session: AzureSession, headers: dict[str, str], app: str) -> str:
+    """The resource id of the function app named ``app``, in whichever subscription holds it
+    (app names are unique across Azure)."""
+    found = f"resourceType eq 'Microsoft.Web/sites' and name eq '{app}'"
+    for subscription in _arm(session, headers, "GET", "/subscriptions?api-version=2020-01-01")["value"]:
+        path = f"/subscriptions/{subscription['subscriptionId']}/resources"
+        sites = _arm(session, headers, "GET", path, params={"$filter": found, "api-version": "2021-04-01"})["value"]
+        if sites:
+            return sites[0]["id"]
+    raise ConfigError(f"no function app named {app!r} in the subscriptions these credentials can see: create it "
+                      "with az functionapp create, or sign in as someone who can manage it")
+
+
+def _set_app_setting(session: AzureSession, headers: dict[str, str], site: str, name: str, value: str) -> None:
+    """Set one app setting and keep the others (the API replaces them all at once)."""
+    settings = _arm(session, headers, "POST", f"{site}/config/appsettings/list?api-version=2022-03-01")
+    properties = settings.get("properties") or {}
+    if properties.get(name) != value:
+        _arm(session, headers, "PUT", f"{site}/config/appsettings?api-version=2022-03-01",
+             json={"properties": {**properties, name: value}})
 
 
 def remove(session: AzureSession, config: Mapping[str, Any]) -> str:
@@ -179,8 +230,7 @@ def remove(session: AzureSession, config: Mapping[str, Any]) -> str:
     if not isinstance(session.invoker, QueueInvoker):
         return (f"nothing to remove for trigger {config['trigger']!r}; "
                 "delete the function app with az functionapp delete")
-    queue: QueueClient = session.invoker.queue
-    poison = QueueClient.from_queue_url(f"{queue.url}-poison", credential=queue.credential)
+    queue, poison = session.invoker.queue, session.invoker.poison
     for client in (queue, poison):
         with mapped(f"delete queue {client.queue_name!r}", session.secrets):
             try:

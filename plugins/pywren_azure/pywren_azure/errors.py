@@ -22,6 +22,10 @@ from pywren_core.errors import AccessDeniedError, NotFoundError, PywrenError, St
 
 #: Service error codes that mean "slow down" whatever the HTTP status says.
 THROTTLE_CODES = {"ServerBusy", "OperationTimedOut", "TooManyRequests"}
+#: Answers that say "try again later": throttling, and the service's own transient failures. The SDK
+#: retries no answer (see ``session._sdk_options``); these reach the core as ThrottledError, which it
+#: retries with backoff.
+RETRY_LATER_STATUSES = {408, 429, 500, 502, 503, 504}
 
 
 def retry_after(headers: object) -> float | None:
@@ -53,7 +57,7 @@ def translate(exc: AzureError, what: str, secrets: Iterable[str] = ()) -> Pywren
     response = getattr(exc, "response", None)
     if isinstance(exc, ResourceNotFoundError) or status == 404:
         return NotFoundError(text)
-    if status in (429, 503) or code in THROTTLE_CODES:
+    if status in RETRY_LATER_STATUSES or code in THROTTLE_CODES:
         return ThrottledError(text, retry_after(getattr(response, "headers", None)))
     if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
         return AccessDeniedError(text)

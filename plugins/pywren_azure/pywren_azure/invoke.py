@@ -5,23 +5,33 @@ messages wait in the queue, nothing is lost while the platform scales out on que
 answers sooner but a burst lands on the instances that exist; the function answers 429 when its
 instance has no free slot and the core backs off and re-invokes.
 
+Neither retries: a refused connection is an InvokeError naming where it went, a request sent
+whose answer was lost an AmbiguousInvokeError, and the core decides what to send again.
+
 Both invokers pace themselves to ``invoke_rate`` calls per second across all the client's invoker
 threads, so a burst of thousands of calls is spread out instead of fired at once.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceResponseError
 from azure.storage.queue import QueueClient
+from urllib3.exceptions import ConnectTimeoutError
 
 from pywren_azure.errors import retry_after, scrub, translate
-from pywren_core.backend import Pacer
-from pywren_core.errors import ConfigError, InvokeError, ThrottledError
+from pywren_core.backend import CallEvent, Pacer
+from pywren_core.errors import AmbiguousInvokeError, ConfigError, InvokeError, ThrottledError
+
+log = logging.getLogger("pywren_azure")
 
 #: A queue message holds at most 64 KiB of text; base64 makes 3 bytes into 4 characters.
 QUEUE_MESSAGE_CHARS = 64 * 1024
@@ -30,6 +40,12 @@ MAX_PAYLOAD_BYTES = QUEUE_MESSAGE_CHARS * 3 // 4 - 64
 #: Default pace of HTTP invocations (calls/s); queue messages are not paced unless asked.
 DEFAULT_HTTP_RATE = 100.0
 HTTP_ROUTE = "pywren"
+#: Reading the poison queue: at most every POISON_INTERVAL s, up to POISON_READ messages, each
+#: hidden POISON_HIDE s from the next reader (so the next reads see the ones behind it).
+POISON_INTERVAL = 5.0
+POISON_READ = 128
+POISON_HIDE = 30
+PAYLOAD_KEY_COMMAND = 'python -c "import secrets; print(secrets.token_hex(32))"'
 
 
 def encode(payload: Mapping[str, Any]) -> str:
@@ -52,28 +68,104 @@ def function_url(config: Mapping[str, Any]) -> str:
 
 
 class QueueInvoker:
-    """One base64 message per invocation on the queue the function app's queue trigger reads."""
+    """One base64 message per invocation on the queue the function app's queue trigger reads.
 
-    def __init__(self, queue: QueueClient, pace: Pacer, secrets: tuple[str, ...]):
+    A message rests in the storage account, readable by anyone with the account key, so it only
+    ever carries a sealed job secret (see ``payload_key``). The invoker also watches the poison
+    queue for the messages of the executors it sent for: see :meth:`poll_events`.
+    """
+
+    def __init__(self, queue: QueueClient, poison: QueueClient, pace: Pacer, secrets: tuple[str, ...]):
         self.queue = queue
+        self.poison = poison
         self.pace = pace
         self.secrets = secrets
+        #: Where messages go, for errors: the queue's URL without its query (a SAS would be a credential).
+        self.where = urlsplit(queue.url)._replace(query="").geturl()
+        self.executors: set[str] = set()
+        self._next_poison_read = 0.0
 
     def send(self, payload: Mapping[str, Any]) -> None:
+        if "secret" in payload:
+            raise InvokeError(
+                f"refusing to put a job's signing secret in the clear into queue {self.queue.queue_name!r}, where "
+                f"anyone with the storage account key could read it: set azure.payload_key (make one with: "
+                f"{PAYLOAD_KEY_COMMAND}) and run pywren deploy, so the function app holds the same key"
+            )
         text = encode(payload)
         if len(text.encode()) > MAX_PAYLOAD_BYTES:
             raise InvokeError(f"payload of {len(text)} bytes is over the queue message limit of {MAX_PAYLOAD_BYTES}")
+        self.executors.add(payload["executor_id"])
         self.pace.wait()
+        what = f"enqueue on queue {self.where}"
         try:
             self.queue.send_message(text)
+        except ServiceResponseError as exc:
+            raise AmbiguousInvokeError(scrub(f"{what}: the answer was lost: {exc.message}", self.secrets)) from None
         except AzureError as exc:
-            error = translate(exc, f"enqueue on queue {self.queue.queue_name!r}", self.secrets)
+            error = translate(exc, what, self.secrets)
             if isinstance(error, ThrottledError):
                 raise error from None
             raise InvokeError(str(error)) from None
 
+    def poll_events(self) -> list[CallEvent]:
+        """Calls whose message the platform gave up on: after ``maxDequeueCount`` failed deliveries
+        it moves the message to ``<queue>-poison``, and its calls will never report.
+
+        Reads the poison queue at most every POISON_INTERVAL seconds, POISON_READ messages at a time.
+        Messages of other executors are left in place, hidden from the next reader for POISON_HIDE
+        seconds so that successive reads walk the whole queue; this executor's are deleted once
+        reported. A message that is not a pywren payload is someone else's and is left alone.
+        """
+        if not self.executors or time.monotonic() < self._next_poison_read:
+            return []
+        self._next_poison_read = time.monotonic() + POISON_INTERVAL
+        events: list[CallEvent] = []
+        try:
+            for message in self.poison.receive_messages(messages_per_page=32, max_messages=POISON_READ,
+                                                        visibility_timeout=POISON_HIDE):
+                payload = _payload_in(message.content)
+                if payload is None or payload.get("executor_id") not in self.executors:
+                    continue
+                events += [
+                    CallEvent(payload["executor_id"], payload["job_id"], call["call_id"], call["attempt"], "error",
+                              f"the function app failed on this call's queue message at every delivery, and Azure "
+                              f"moved it to queue {self.poison.queue_name!r}; the function app's log says why")
+                    for call in payload.get("calls", [])
+                ]
+                self.poison.delete_message(message)
+        except ResourceNotFoundError:  # no message has ever been poisoned: the platform creates it then
+            pass
+        except AzureError as exc:  # polling must not fail the monitor: the next round reads again
+            log.warning("%s", translate(exc, f"read poison queue {self.poison.queue_name!r}", self.secrets))
+        return events
+
     def close(self) -> None:
         self.queue.close()
+        self.poison.close()
+
+
+def _payload_in(content: str) -> dict[str, Any] | None:
+    """The pywren payload in a raw (base64) queue message, or None if it is something else."""
+    try:
+        payload = json.loads(base64.b64decode(content, validate=True))
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) and isinstance(payload.get("calls"), list) else None
+
+
+def _reached(exc: requests.RequestException) -> bool:
+    """Whether a failed request may have reached the function app, so its calls may be running:
+    an answer lost after sending. A refused or timed-out connection, a failed TLS handshake or a
+    bad URL sent nothing."""
+    if isinstance(exc, (requests.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
+        return True
+    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError, requests.exceptions.ProxyError)):
+        return False
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+        return not isinstance(reason, ConnectTimeoutError)  # urllib3's, and NewConnectionError: never connected
+    return False
 
 
 class HttpInvoker:
@@ -92,19 +184,34 @@ class HttpInvoker:
         try:
             response = self.http.post(self.url, data=body, headers=self.headers, timeout=(10, 60))
         except requests.RequestException as exc:
-            # Azure's front end drops connections under sudden bursts: wait and send again.
-            message = scrub(f"the function app did not answer: {type(exc).__name__}", self.secrets)
-            raise ThrottledError(message) from None
+            if _reached(exc):
+                # Azure's front end drops connections under sudden bursts; the core sends again.
+                raise AmbiguousInvokeError(scrub(f"the function app at {self.url} took the request but its answer "
+                                                 f"was lost: {type(exc).__name__}", self.secrets)) from None
+            raise InvokeError(scrub(f"could not reach the function app at {self.url}: {_reason(exc)}",
+                                    self.secrets)) from None
         if response.status_code in (200, 202):
             return
         if response.status_code in (429, 503):
-            busy = f"the function app is busy (HTTP {response.status_code})"
+            busy = f"the function app at {self.url} is busy (HTTP {response.status_code})"
             raise ThrottledError(busy, retry_after(response.headers))
+        if response.status_code in (502, 504):  # the front end lost the function's answer
+            raise AmbiguousInvokeError(f"the function app at {self.url} answered HTTP {response.status_code}")
         if response.status_code in (401, 403):
-            raise InvokeError(f"the function app refused the function key (HTTP {response.status_code}): "
-                              "check azure.function_key")
+            raise InvokeError(f"the function app at {self.url} refused the function key (HTTP "
+                              f"{response.status_code}): check azure.function_key")
         detail = scrub(response.text[:200], self.secrets)
-        raise InvokeError(f"the function app answered HTTP {response.status_code}: {detail}")
+        raise InvokeError(f"the function app at {self.url} answered HTTP {response.status_code}: {detail}")
+
+    def poll_events(self) -> list[CallEvent]:
+        """None: the HTTP trigger answers before the calls run, and nothing reports on them later."""
+        return []
 
     def close(self) -> None:
         """Nothing of its own to release: the HTTP connections belong to the session."""
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The innermost cause of a failed connection, e.g. "[Errno 111] Connection refused"."""
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None) or exc
+    return f"{type(exc).__name__}: {reason}"

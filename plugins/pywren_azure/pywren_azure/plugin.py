@@ -15,7 +15,7 @@ from pywren_azure import session as session_module
 from pywren_azure.errors import mapped
 from pywren_azure.invoke import MAX_PAYLOAD_BYTES
 from pywren_azure.session import TRANSFER_CONCURRENCY, AzureSession
-from pywren_core.backend import BackendInfo, ConfigField, Limits
+from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits
 from pywren_core.errors import InvokeError, StorageError
 from pywren_core.hookspecs import hookimpl
 
@@ -36,6 +36,9 @@ CONFIG = (
     ConfigField("function_app", str, None, help="function app name (for trigger http and pywren deploy)"),
     ConfigField("function_url", str, None, help="HTTP trigger URL, when not https://<function_app>.azurewebsites.net/api/pywren"),
     ConfigField("function_key", str, None, secret=True, help="function key for the HTTP trigger"),
+    ConfigField("payload_key", str, None, secret=True,
+                help="64 hex digits only the client and the function app hold; seals each job's secret in its "
+                     "invocations (needed for trigger queue; pywren deploy sets it on the app)"),
     ConfigField("trigger", str, "queue", help="'queue' (scales on queue length, loses nothing on bursts) or 'http'"),
     ConfigField("invoke_rate", (int, float), None,
                 help="invocations per second the client sends; default: unpaced for queue, 100 for http"),
@@ -119,6 +122,11 @@ def pywren_invoke(session: AzureSession, payload: Mapping[str, Any]) -> None:
     if session.invoker is None:
         raise InvokeError("this session was opened as a worker; workers do not invoke")
     session.invoker.send(payload)
+
+
+@hookimpl
+def pywren_poll_events(session: AzureSession) -> list[CallEvent]:
+    return session.invoker.poll_events() if session.invoker is not None else []
 
 
 @hookimpl

@@ -11,6 +11,7 @@ its managed identity.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,10 +22,11 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
+from azure.storage.queue import LinearRetry as QueueLinearRetry
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 from pywren_azure.errors import mapped
-from pywren_azure.invoke import HttpInvoker, QueueInvoker, function_url, pacer
+from pywren_azure.invoke import PAYLOAD_KEY_COMMAND, HttpInvoker, QueueInvoker, function_url, pacer
 from pywren_core.errors import ConfigError
 
 #: The worker's own connection-string settings, in the order they are tried.
@@ -38,6 +40,8 @@ SINGLE_PUT_BYTES = 32 * 2**20
 BLOCK_BYTES = 8 * 2**20
 TRANSFER_CONCURRENCY = 4
 READ_BLOCK_BYTES = 4 * 2**20
+#: Times the SDK sends a request again after a transport error (connection refused or reset, timeout).
+SDK_RETRIES = 2
 
 
 @attrs.define(eq=False)
@@ -62,18 +66,28 @@ def _http_session() -> requests.Session:
 
 
 def _sdk_options(http: requests.Session) -> dict[str, Any]:
-    # The SDK's default retry waits 18 s, then 24 s, then 42 s: too long for calls that take
-    # milliseconds. Throttling that outlasts these short retries becomes ThrottledError, and the
-    # core backs off with jitter.
     return {
         # Our own transport (for the larger connection pool) must read responses in blocks as large
         # as the SDK's own transport does: its default of 4 KiB made 16 MiB gets 40% slower.
         "transport": RequestsTransport(session=http, session_owner=False, connection_data_block_size=READ_BLOCK_BYTES,
                                        connection_timeout=20, read_timeout=120),
-        "retry_policy": LinearRetry(backoff=1, random_jitter_range=1, retry_total=3),
+        "retry_policy": transport_retry(),
         "max_single_put_size": SINGLE_PUT_BYTES,
         "max_block_size": BLOCK_BYTES,
     }
+
+
+def transport_retry(policy: type = LinearRetry, read: bool = True) -> Any:
+    """The SDK's retry: transport errors only, SDK_RETRIES times, about a second apart.
+
+    No answer is retried here (``retry_status=0``): throttling and the service's transient
+    failures become ThrottledError and the core retries them with backoff, so the two never stack.
+    ``read=False`` for requests that must not be sent twice (a queue message): a response lost after
+    the request went out then reaches the core as an ambiguous invocation, counted as such.
+    ``policy`` is the SDK's own LinearRetry class (blob's or queue's).
+    """
+    return policy(backoff=1, random_jitter_range=1, retry_total=SDK_RETRIES, retry_connect=SDK_RETRIES,
+                       retry_read=SDK_RETRIES if read else 0, retry_status=0)
 
 
 def _default_credential() -> Any:
@@ -125,6 +139,10 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"azure.trigger must be 'queue' or 'http', got {config['trigger']!r}")
     if config["max_concurrency"] < 1:
         raise ConfigError("azure.max_concurrency must be at least 1")
+    key = config.get("payload_key")
+    if key and not re.fullmatch(r"[0-9a-fA-F]{64}", key.strip()):
+        raise ConfigError("azure.payload_key must be 64 hex digits (32 random bytes); make one with: "
+                          + PAYLOAD_KEY_COMMAND)
     url = config.get("function_url")
     if url and "code" in parse_qs(urlsplit(url).query):
         # function_url travels to workers with the rest of the public config: a key must not ride in it.
@@ -137,7 +155,7 @@ def connect(config: Mapping[str, Any], role: str) -> AzureSession:
     connection_string, credential = _credentials(config, role)
     secrets = tuple(
         s for s in (config.get("connection_string"), config.get("account_key"), config.get("function_key"),
-                    connection_string) if s
+                    config.get("payload_key"), connection_string) if s
     )
     http = _http_session()
     options = _sdk_options(http)
@@ -159,28 +177,33 @@ def connect(config: Mapping[str, Any], role: str) -> AzureSession:
             except ResourceExistsError:
                 pass
         if config["trigger"] == "queue":
-            queue = _open_queue(config, connection_string, credential, options, secrets)
-            session.invoker = QueueInvoker(queue, pacer(config), secrets)
+            queue, poison = open_queues(config, connection_string, credential, http)
+            with mapped(f"create queue {config['queue']!r}", secrets):
+                try:
+                    queue.create_queue()
+                except ResourceExistsError:
+                    pass
+            session.invoker = QueueInvoker(queue, poison, pacer(config), secrets)
         else:
             session.invoker = HttpInvoker(http, function_url(config), config["function_key"], pacer(config), secrets)
     return session
 
 
-def _open_queue(config: Mapping[str, Any], connection_string: str | None, credential: Any,
-                options: dict[str, Any], secrets: tuple[str, ...]) -> QueueClient:
-    # A Functions queue trigger reads messages as base64 text.
-    options = {k: v for k, v in options.items() if k not in ("max_single_put_size", "max_block_size")}
-    options["message_encode_policy"] = TextBase64EncodePolicy()
-    if connection_string:
-        queue = QueueClient.from_connection_string(connection_string, config["queue"], **options)
-    else:
-        queue = QueueClient(_endpoint(config, "queue"), config["queue"], credential=credential, **options)
-    with mapped(f"create queue {config['queue']!r}", secrets):
-        try:
-            queue.create_queue()
-        except ResourceExistsError:
-            pass
-    return queue
+def open_queues(config: Mapping[str, Any], connection_string: str | None, credential: Any,
+                http: requests.Session) -> tuple[QueueClient, QueueClient]:
+    """Clients of the call queue and of its poison queue (which the platform creates)."""
+    options = {**_sdk_options(http), "retry_policy": transport_retry(QueueLinearRetry, read=False)}
+    del options["max_single_put_size"], options["max_block_size"]
+    clients = []
+    for name, extra in ((config["queue"], {"message_encode_policy": TextBase64EncodePolicy()}),
+                        (f"{config['queue']}-poison", {})):
+        # A Functions queue trigger reads messages as base64 text; the poison queue is read raw.
+        if connection_string:
+            clients.append(QueueClient.from_connection_string(connection_string, name, **options, **extra))
+        else:
+            clients.append(QueueClient(_endpoint(config, "queue"), name, credential=credential, **options, **extra))
+    queue, poison = clients
+    return queue, poison
 
 
 def close(session: AzureSession) -> None:

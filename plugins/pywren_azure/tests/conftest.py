@@ -2,11 +2,14 @@
 
 Azurite runs with one custom account whose key is a planted, recognisable value, and the HTTP
 trigger's function key is planted too, so any test can look for them where they must never be.
+The host runs the app with the payload key in its settings and with the host.json that
+``pywren deploy`` ships, as a deployed function app does; the clients' sections hold the same key.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import sys
@@ -17,6 +20,7 @@ from typing import Any
 import attrs
 import pytest
 import requests
+from pywren_azure import deploy, plugin
 from servers import azurite_binary
 
 from pywren_core.testing import LocalServer, free_port, http_status, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
@@ -24,6 +28,8 @@ from pywren_core.testing import LocalServer, free_port, http_status, isolated_py
 ACCOUNT = "pywrentest"
 PLANTED_ACCOUNT_KEY = base64.b64encode(b"PLANTED-ACCOUNT-KEY-" + secrets.token_hex(12).encode()).decode()
 PLANTED_FUNCTION_KEY = "PLANTED-FUNCTION-KEY-" + secrets.token_hex(12)
+#: The function app's payload key (PYWREN_PAYLOAD_KEY), also in every client section below.
+PAYLOAD_KEY = secrets.token_hex(32)
 CONTAINER = "pywren-test"
 QUEUE = "pywren-calls-test"
 HOST_CONCURRENCY = 8
@@ -49,6 +55,8 @@ class FunctionsHost:
     key: str
     trace_path: Path
     log_path: Path
+    #: host.json's queue settings: maxDequeueCount, visibilityTimeout (the delay before a retry)...
+    queues: dict[str, Any]
 
     @property
     def function_url(self) -> str:
@@ -80,9 +88,12 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FunctionsHost]:
     """The plugin's real FunctionApp, in a host process of its own with HOST_CONCURRENCY slots.
 
-    The worker side gets its storage credentials from the app's settings (environment), as on Azure.
+    The worker side gets its storage credentials and payload key from the app's settings
+    (environment), as on Azure, and the queue trigger's settings from the deployed host.json.
     """
     workdir = tmp_path_factory.mktemp("functions-host")
+    host_json = deploy.host_json({**{f.name: f.default for f in plugin.CONFIG}, "max_concurrency": HOST_CONCURRENCY})
+    (workdir / "host.json").write_text(json.dumps(host_json))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYWREN_")}
     env.update({
@@ -90,15 +101,16 @@ def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -
         "PYWREN_AZURE_CONNECTION_STRING": azurite.connection_string,
         "PYWREN_AZURE_QUEUE": QUEUE,
         "PYWREN_AZURE_MAX_CONCURRENCY": str(HOST_CONCURRENCY),
+        "PYWREN_PAYLOAD_KEY": PAYLOAD_KEY,
         "FUNCTIONS_TEST_KEY": PLANTED_FUNCTION_KEY,
     })
     trace = workdir / "trace.jsonl"
     argv = [sys.executable, str(HOST_SCRIPT), "--port", str(port), "--concurrency", str(HOST_CONCURRENCY),
-            "--trace", str(trace)]
+            "--trace", str(trace), "--host-json", str(workdir / "host.json")]
     server = LocalServer("functions host", argv, workdir / "host.log", env=env, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
     server.wait_ready(lambda: http_status(f"{url}/admin/host/status") == 200, "GET /admin/host/status")
-    yield FunctionsHost(url, PLANTED_FUNCTION_KEY, trace, workdir / "host.log")
+    yield FunctionsHost(url, PLANTED_FUNCTION_KEY, trace, workdir / "host.log", host_json["extensions"]["queues"])
     server.stop()
 
 
@@ -116,10 +128,10 @@ def storage_section(azurite: Azurite) -> dict[str, Any]:
 
 @pytest.fixture
 def queue_section(storage_section: dict[str, Any], functions_host: FunctionsHost) -> dict[str, Any]:
-    return {**storage_section, "queue": QUEUE, "trigger": "queue"}
+    return {**storage_section, "queue": QUEUE, "trigger": "queue", "payload_key": PAYLOAD_KEY}
 
 
 @pytest.fixture
 def http_section(storage_section: dict[str, Any], functions_host: FunctionsHost) -> dict[str, Any]:
     return {**storage_section, "trigger": "http", "function_url": functions_host.function_url,
-            "function_key": functions_host.key, "invoke_rate": 400}
+            "function_key": functions_host.key, "payload_key": PAYLOAD_KEY, "invoke_rate": 400}

@@ -6,17 +6,20 @@ of its own, doing what the real host does for the two trigger kinds the app uses
 - HTTP triggers are served at ``/api/<route>``; unless a trigger is anonymous, the request must
   carry the function key (header ``x-functions-key`` or ``?code=``), else it is answered 401;
 - queue triggers are run off the Storage Queue (Azurite) named by the trigger, its connection
-  string read from the app setting the trigger names; messages are base64 text, deleted after the
-  function returned, made visible again when it raised, moved to ``<queue>-poison`` after
-  MAX_DEQUEUE deliveries.
+  string read from the app setting the trigger names; messages are base64 text, handed to the
+  function with their ``dequeue_count`` (1 on the first delivery, one more on each redelivery),
+  deleted after the function returned. A message whose function raised is delivered again after
+  host.json's ``visibilityTimeout``, and moved to ``<queue>-poison`` once it has been delivered
+  ``maxDequeueCount`` times; an idle queue is polled at least every ``maxPollingInterval``.
 
 At most ``--concurrency`` function invocations run at once. ``async`` functions run on one event
 loop, as in the Python worker. ``/admin/host/status`` answers once everything is running, with
 counters the tests check. With ``--trace FILE`` every message and request body received is
 appended to FILE, so tests can inspect exactly what the client sent.
 
-Usage: ``python functions_host.py --port P --concurrency 8 [--trace FILE] [--app module:attr]``,
-function key in the environment variable ``FUNCTIONS_TEST_KEY``.
+Usage: ``python functions_host.py --port P --concurrency 8 [--host-json FILE] [--trace FILE]
+[--app module:attr]``, function key in the environment variable ``FUNCTIONS_TEST_KEY``; app
+settings (``AzureWebJobsStorage``, ``PYWREN_PAYLOAD_KEY``...) in the environment, as on Azure.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError
+from azure.functions.queue import QueueMessage as DeliveredMessage  # what the Python worker hands a trigger
 from azure.storage.queue import QueueClient
 
-MAX_DEQUEUE = 5
+#: How long a received message stays invisible while its function runs.
 VISIBILITY_TIMEOUT = 300
-POLL_MIN, POLL_MAX = 0.05, 1.0
+POLL_MIN = 0.05
+#: The queue extension's defaults, for what host.json does not say.
+QUEUE_DEFAULTS = {"maxDequeueCount": 5, "visibilityTimeout": "00:00:00", "maxPollingInterval": "00:01:00"}
 log = logging.getLogger("functions_host")
 
 
@@ -53,10 +59,30 @@ def _value(v: Any) -> str:
     return str(getattr(v, "value", v))
 
 
+def _seconds(timespan: str) -> float:
+    """host.json's "HH:MM:SS" as seconds."""
+    hours, minutes, seconds = timespan.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def queue_settings(host_json: str | None) -> dict[str, Any]:
+    """The queue extension's settings from host.json, with the platform's defaults."""
+    settings = dict(QUEUE_DEFAULTS)
+    if host_json:
+        with open(host_json) as f:
+            settings.update(json.load(f).get("extensions", {}).get("queues", {}))
+    return settings
+
+
 class Host:
-    def __init__(self, app: func.FunctionApp, key: str, concurrency: int, trace: str | None):
+    def __init__(self, app: func.FunctionApp, key: str, concurrency: int, trace: str | None,
+                 queues: dict[str, Any] | None = None):
         self.key = key
         self.concurrency = concurrency
+        queues = queues or queue_settings(None)
+        self.max_dequeue = int(queues["maxDequeueCount"])
+        self.retry_delay = _seconds(queues["visibilityTimeout"])
+        self.max_poll = _seconds(queues["maxPollingInterval"])
         self._trace = open(trace, "a") if trace else None
         self._trace_lock = threading.Lock()
         self._count_lock = threading.Condition()
@@ -145,7 +171,7 @@ class Host:
                 messages = []
             if not messages:
                 time.sleep(idle)
-                idle = min(POLL_MAX, idle * 2)
+                idle = min(self.max_poll, idle * 2)
                 continue
             idle = POLL_MIN
             for message in messages:
@@ -158,7 +184,8 @@ class Host:
         try:
             self.trace("queue", message.content)
             body = base64.b64decode(message.content, validate=True)
-            self.call(function, trigger, func.QueueMessage(id=message.id, body=body, pop_receipt=message.pop_receipt))
+            self.call(function, trigger, DeliveredMessage(id=message.id, body=body, pop_receipt=message.pop_receipt,
+                                                           dequeue_count=message.dequeue_count))
             queue.delete_message(message)
             failed = False
         except binascii.Error:
@@ -168,11 +195,11 @@ class Host:
         except Exception as exc:
             log.exception("function failed on message %s (delivery %s)", message.id, message.dequeue_count)
             try:
-                if message.dequeue_count >= MAX_DEQUEUE:
+                if message.dequeue_count >= self.max_dequeue:
                     poison.send_message(message.content)
                     queue.delete_message(message)
                 else:
-                    queue.update_message(message, visibility_timeout=1)
+                    queue.update_message(message, visibility_timeout=int(self.retry_delay))
             except Exception:
                 log.exception("could not hand message %s back after %r", message.id, exc)
         finally:
@@ -248,12 +275,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--trace")
+    parser.add_argument("--host-json", help="the app's host.json (queue retry and polling settings)")
     parser.add_argument("--app", default="pywren_azure.function_app:app")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     module_name, _, attr = args.app.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
-    host = Host(app, os.environ["FUNCTIONS_TEST_KEY"], args.concurrency, args.trace)
+    host = Host(app, os.environ["FUNCTIONS_TEST_KEY"], args.concurrency, args.trace, queue_settings(args.host_json))
     pool = ThreadPoolExecutor(args.concurrency, thread_name_prefix="host-invocation")
     for function, trigger in host.queue_triggers:
         threading.Thread(target=host.poll_queue, args=(function, trigger, pool), daemon=True).start()

@@ -3,7 +3,11 @@ worker writes back to Azurite. The core's executor conformance kit with both tri
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,8 +16,8 @@ from azure.storage.queue import QueueClient
 from conftest import HOST_CONCURRENCY, QUEUE, Azurite, FunctionsHost
 
 import pywren_core as pw
-from pywren_core.errors import InvokeError
-from pywren_core.testing import BenchConformance, ExecutorConformance, FaultConformance
+from pywren_core.errors import AmbiguousInvokeError, InvokeError, ThrottledError
+from pywren_core.testing import BenchConformance, ExecutorConformance, FaultConformance, free_port, open_session
 
 BURST = 1000
 
@@ -89,3 +93,49 @@ def test_wrong_function_key_fails_the_call_without_showing_the_key(http_section:
         with pytest.raises(InvokeError, match="function key") as info:
             future.result(timeout=60)
     assert wrong not in str(info.value)
+
+
+def test_a_refused_connection_fails_the_call_at_once_naming_the_url(http_section: dict[str, Any]) -> None:
+    """Nothing listens at the function URL: an invoke error that says where, not a wait for throttling."""
+    url = f"http://127.0.0.1:{free_port()}/api/pywren"
+    started = time.monotonic()
+    with pw.executor({"backend": "azure", "azure": {**http_section, "function_url": url}}, progress=False) as ex:
+        with pytest.raises(InvokeError, match=re.escape(url)) as info:
+            ex.call_async(noop, 1).result(timeout=60)
+    assert time.monotonic() - started < 10
+    assert not isinstance(info.value, ThrottledError) and "refused" in str(info.value)
+
+
+@pytest.fixture
+def hang_up_url() -> Iterator[str]:
+    """A function URL whose server reads each request whole, then closes the connection unanswered."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += connection.recv(65536)
+                length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))
+                body = head.partition(b"\r\n\r\n")[2]
+                while len(body) < length:
+                    body += connection.recv(65536)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/api/pywren"
+    listener.close()
+
+
+def test_an_answer_lost_after_sending_is_an_ambiguous_invoke(http_section: dict[str, Any], hang_up_url: str) -> None:
+    """The request went out, so the call may run: the core decides whether to send again, not the plugin."""
+    session = open_session({"backend": "azure", "azure": {**http_section, "function_url": hang_up_url}})
+    try:
+        with pytest.raises(AmbiguousInvokeError, match=re.escape(hang_up_url)):
+            session.invoke({"executor_id": "e", "job_id": "j", "calls": []})
+    finally:
+        session.close()

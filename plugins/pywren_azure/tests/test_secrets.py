@@ -1,5 +1,5 @@
-"""Secrets stay on the client: the planted account key, connection string and function key appear
-in no queue message, no HTTP body, no stored blob and no line the function host logged."""
+"""Secrets stay on the client: the planted account key, connection string, function key and payload
+key appear in no queue message, no HTTP body, no stored blob and no line the function host logged."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from conftest import QUEUE, Azurite, FunctionsHost
+from conftest import PAYLOAD_KEY, QUEUE, Azurite, FunctionsHost
 
 import pywren_core as pw
 from pywren_core.testing import echo_and_print, fail_with
@@ -18,9 +18,10 @@ CONTAINER = "pywren-secrets"
 
 
 def planted(azurite: Azurite, functions_host: FunctionsHost) -> list[bytes]:
-    # The account key's base64 text, the bytes it stands for, the whole connection string, the function key.
+    # The account key's base64 text, the bytes it stands for, the whole connection string, the function key,
+    # the payload key (as configured and as bytes).
     return [azurite.key.encode(), base64.b64decode(azurite.key), azurite.connection_string.encode(),
-            functions_host.key.encode(), b"PLANTED-"]
+            functions_host.key.encode(), b"PLANTED-", PAYLOAD_KEY.encode(), bytes.fromhex(PAYLOAD_KEY)]
 
 
 def run_jobs(config: dict[str, Any]) -> None:
@@ -33,7 +34,7 @@ def run_jobs(config: dict[str, Any]) -> None:
 def test_secrets_never_leave_the_client(azurite: Azurite, functions_host: FunctionsHost,
                                         queue_section: dict[str, Any], http_section: dict[str, Any]) -> None:
     keyed = {"storage_account": azurite.account, "account_key": azurite.key, "blob_endpoint": azurite.blob_endpoint,
-             "queue_endpoint": azurite.queue_endpoint, "queue": QUEUE}
+             "queue_endpoint": azurite.queue_endpoint, "queue": QUEUE, "payload_key": PAYLOAD_KEY}
     traced_before = len(functions_host.trace_path.read_text().splitlines())
     for section in (queue_section, http_section, keyed):
         run_jobs({"backend": "azure", "azure": {**section, "container": CONTAINER}})

@@ -4,16 +4,34 @@ credentials, and how service errors reach users."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from azure.storage.blob import BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobServiceClient
 from pywren_azure import plugin
-from pywren_azure.session import SINGLE_PUT_BYTES, connect
+from pywren_azure.invoke import QueueInvoker
+from pywren_azure.session import (
+    SDK_RETRIES,
+    SINGLE_PUT_BYTES,
+    AzureSession,
+    _http_session,
+    _sdk_options,
+    connect,
+    open_queues,
+)
 
-from pywren_core.errors import AccessDeniedError, ConfigError, NotFoundError, StorageError, ThrottledError
+from pywren_core.backend import Pacer
+from pywren_core.errors import (
+    AccessDeniedError,
+    AmbiguousInvokeError,
+    ConfigError,
+    NotFoundError,
+    StorageError,
+    ThrottledError,
+)
 from pywren_core.testing import StorageConformance, free_port, open_session
 
 
@@ -112,9 +130,12 @@ def test_worker_refuses_app_settings_for_another_account(azurite: Any, monkeypat
 
 
 class _Busy(BaseHTTPRequestHandler):
-    """Answers everything as an overloaded Azure service does."""
+    """Answers everything as an overloaded Azure service does, and counts the requests."""
+
+    requests = 0
 
     def _busy(self) -> None:
+        type(self).requests += 1
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(503)
         self.send_header("x-ms-error-code", "ServerBusy")
@@ -128,23 +149,65 @@ class _Busy(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def busy_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+class _HangUp(BaseHTTPRequestHandler):
+    """Reads each request, then drops the connection without an answer (a transport error)."""
+
+    requests = 0
+
+    def _hang_up(self) -> None:
+        type(self).requests += 1
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.close_connection = True
+
+    do_GET = do_PUT = do_POST = do_HEAD = _hang_up
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(params=[_Busy, _HangUp], ids=["busy", "hang-up"])
+def bad_server(request: pytest.FixtureRequest) -> Iterator[tuple[type, AzureSession]]:
+    """A session of the plugin's own SDK settings on a server that answers badly, and its handler."""
+    handler = type(request.param.__name__, (request.param,), {"requests": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    http = _http_session()
+    service = BlobServiceClient(f"http://127.0.0.1:{server.server_address[1]}/acct",
+                                credential={"account_name": "acct", "account_key": "QUJD"}, **_sdk_options(http))
+    yield handler, AzureSession({}, "worker", http, service.get_container_client("c"), ())
     server.shutdown()
     server.server_close()
 
 
-def test_server_busy_is_throttled_with_the_retry_hint(busy_server: str) -> None:
-    from pywren_azure.session import AzureSession, _http_session, _sdk_options
-
-    http = _http_session()
-    options = {**_sdk_options(http), "retry_policy": ExponentialRetry(retry_total=0)}
-    service = BlobServiceClient(f"{busy_server}/acct", credential={"account_name": "acct", "account_key": "QUJD"},
-                                **options)
-    session = AzureSession({}, "worker", http, service.get_container_client("c"), ())
-    with pytest.raises(ThrottledError) as info:
+def test_the_sdk_retries_transport_errors_only(bad_server: tuple[type, AzureSession],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A throttled answer reaches the core at once (it retries with backoff), with the service's
+    hint; a dropped connection is tried 1 + SDK_RETRIES times, then is a storage error."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the SDK's pause between tries
+    handler, session = bad_server
+    with pytest.raises((StorageError, ThrottledError)) as info:
         plugin.pywren_storage_get(session=session, key="k", byte_range=None)
-    assert info.value.retry_after == 3.0
+    if handler.__name__ == "_Busy":
+        assert isinstance(info.value, ThrottledError) and info.value.retry_after == 3.0
+        assert handler.requests == 1
+    else:
+        assert not isinstance(info.value, ThrottledError)
+        assert handler.requests == 1 + SDK_RETRIES
+
+
+def test_a_queue_message_whose_answer_was_lost_is_sent_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sending it again could run its calls twice: the core decides, knowing it may be a duplicate."""
+    handler = type("_HangUp", (_HangUp,), {"requests": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    connection = (f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey=QUJD;"
+                  f"QueueEndpoint=http://127.0.0.1:{server.server_address[1]}/acct;")
+    queue, poison = open_queues({"queue": "calls"}, connection, None, _http_session())
+    invoker = QueueInvoker(queue, poison, Pacer(None), ())
+    try:
+        with pytest.raises(AmbiguousInvokeError, match="calls"):
+            invoker.send({"executor_id": "e", "job_id": "j", "sealed_secret": "x", "calls": []})
+        assert handler.requests == 1
+    finally:
+        server.shutdown()
+        server.server_close()
