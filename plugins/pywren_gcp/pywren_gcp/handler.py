@@ -1,11 +1,11 @@
 """The Cloud Run function (Cloud Functions gen2, HTTP trigger) that runs pywren calls.
 
 ``handler(request)`` is a functions-framework HTTP function. A request carries one or more invoke
-payloads (``{"payloads": [...]}``); each runs in a thread of its own through
-:func:`pywren_core.worker.handle`, so the calls of one request, and of concurrent requests on one
-instance, run side by side. Nothing is shared between them but the worker runtime's per-process
-caches: each call gets its own working directory (``current_call().workdir``), so the process's
-current directory is left alone (``isolate_cwd=False``).
+payloads (``{"payloads": [...]}``); each is handed to the core's worker harness
+(:func:`pywren_core.harness.serve`) from a thread of its own, and the harness runs it in a warm
+worker process of its own. So the calls of one request, and of concurrent requests on one
+instance, run side by side, and a call that crashes its interpreter or overruns its time takes
+only its own worker process down: it is reported within seconds, and the other calls carry on.
 
 The response is streamed: a first line acknowledges the request (the client's invoke returns
 there), then one line per payload as it finishes. The response, and so the request, ends only when
@@ -23,42 +23,33 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from pywren_core import worker
+from pywren_core import harness
 
-#: Seconds the response waits past a payload's deadline (the worker writes its timeout status at
-#: the deadline) before it ends anyway, leaving an overrunning call behind.
-GRACE = 5.0
-#: Seconds kept back from the function's own timeout, to write timeout statuses before the platform
-#: cuts the request.
-MARGIN = 10.0
+harness.prestart("gcp")  # while the instance starts: the first call finds a worker process warm
 
 
 class _Run:
-    """One payload running in its own thread, with the deadline it must report by."""
+    """One payload, served by the harness from a thread of its own."""
 
     def __init__(self, payload: dict[str, Any], started: float):
         self.payload = payload
         self.error = ""
-        calls = max(1, len(payload.get("calls", ())))
-        deadline = started + float(payload.get("timeout") or 3600.0) * calls
         function_timeout = (payload.get("config") or {}).get("function_timeout")
-        if function_timeout:
-            deadline = min(deadline, started + float(function_timeout) - MARGIN)
-        self.deadline = deadline
+        self.platform_deadline = started + float(function_timeout) if function_timeout else None
         self.thread = threading.Thread(target=self._run, name="pywren-call", daemon=True)
 
     def _run(self) -> None:
         try:
-            worker.handle(self.payload, deadline=self.deadline, isolate_cwd=False)
-        except BaseException as exc:  # the runtime itself failed (storage unreachable, a bad payload)
+            harness.serve(self.payload, platform_deadline=self.platform_deadline)
+        except BaseException as exc:  # not even a failure status could be written (storage unreachable)
             self.error = f"{type(exc).__name__}: {exc}"
             # The traceback only: the payload holds the job's signing secret and is never logged.
-            print(f"pywren: job {self.payload.get('job_id')} failed in the worker runtime:\n"
+            print(f"pywren: job {self.payload.get('job_id')} failed in the worker harness:\n"
                   f"{traceback.format_exc()}", file=sys.stderr)
 
     def line(self) -> bytes:
         record = {"job_id": self.payload.get("job_id"), "calls": len(self.payload.get("calls", ())),
-                  "finished": not self.thread.is_alive(), "error": self.error}
+                  "error": self.error}
         return json.dumps(record).encode() + b"\n"
 
 
@@ -80,5 +71,5 @@ def handler(request: Any) -> Any:
 def _respond(runs: list[_Run]) -> Iterator[bytes]:
     yield b'{"accepted":' + str(len(runs)).encode() + b"}\n"
     for run in runs:
-        run.thread.join(max(0.0, run.deadline + GRACE - time.time()))
+        run.thread.join()  # the harness returns by the payload's deadline: it kills a call that overruns
         yield run.line()
