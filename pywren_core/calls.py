@@ -93,6 +93,8 @@ class Job:
     calls: dict[str, Call] = attrs.field(factory=dict)
     #: Calls not yet settled, by status group: what the monitor still lists.
     pending: dict[str, set[str]] = attrs.field(factory=dict)
+    #: How many calls have not settled yet.
+    open: int = 0
     #: Last time (monotonic) a worker reported on one of its calls.
     last_progress: float = attrs.field(factory=time.monotonic)
     #: Collected by a new client (``Executor.attach``): arguments unknown, so never invoked again.
@@ -103,10 +105,11 @@ class Job:
     def add(self, call: Call) -> None:
         self.calls[call.call_id] = call
         self.pending.setdefault(group_of(call.call_id), set()).add(call.call_id)
+        self.open += 1
 
     @property
     def finished(self) -> bool:
-        return not any(self.pending.values())
+        return self.open == 0
 
     def payload(self, calls: Iterable[Call]) -> dict[str, Any]:
         entries = [{"call_id": c.call_id, "attempt": c.attempt, "args": c.args} for c in calls]
@@ -350,7 +353,8 @@ class CallTracker:
 
     def _after_settling(self, call: Call) -> list[Effect]:
         job = call.job
-        job.pending.get(group_of(call.call_id), set()).discard(call.call_id)
+        job.pending[group_of(call.call_id)].discard(call.call_id)
+        job.open -= 1
         if not job.finished or job not in self.jobs:
             return []
         self.jobs.remove(job)

@@ -227,22 +227,25 @@ class Executor(concurrent.futures.Executor):
         }
         if self.faults is not None:
             base_payload["faults"] = attrs.asdict(self.faults.config)
-        # Storage first: a missing bucket fails here, before a manifest or an invocation exists.
-        self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
-        try:
-            arg_specs = self._arg_specs(keys, base_payload, signed, chunksize)
-            manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
-        except BaseException:
-            self.session.delete(self.session.list(keys.prefix))
-            raise
         job = Job(keys, secret, base_payload, self.timeout)
         futures = []
-        for cid, spec in zip(ids, arg_specs, strict=True):
+        for cid in ids:
             future = ResponseFuture(keys.executor_id, keys.job_id, cid)
-            call = Call(job, cid, future, spec)
+            call = Call(job, cid, future, {})
             future._call = call
             job.add(call)
             futures.append(future)
+        # Storage first: a missing bucket fails here, before a manifest or an invocation exists.
+        self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
+        try:
+            specs = self._arg_specs(keys, base_payload, signed, chunksize)
+            for call, spec in zip(job.calls.values(), specs, strict=True):
+                call.args = spec
+            manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
+        except BaseException:  # Ctrl-C included: nothing of a job that never started stays behind
+            self.session.delete(self.session.list(keys.prefix))
+            manifests.remove(keys)
+            raise
         self._engine.start_job(job, chunksize)
         self._uncollected.update(dict.fromkeys(futures))
         return futures

@@ -18,6 +18,8 @@ ALL_COMPLETED = "ALL_COMPLETED"
 ANY_COMPLETED = "ANY_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALWAYS = "ALWAYS"
+#: Longest a waiting thread sleeps at once: how soon Ctrl-C and the progress bar are served.
+WAKE_INTERVAL = 0.1
 
 _RUN_STATE = {"new": "new", "invoked": "invoked", "running": "running"}
 
@@ -166,11 +168,23 @@ def wait(
         try:
             _wait(futures, return_when, timeout, progress)
         except KeyboardInterrupt:
-            for f in futures:
-                f.cancel()
+            cancel(futures)
             raise
     done = [f for f in futures if f.done()]
     return done, [f for f in futures if not f.done()]
+
+
+def cancel(fs: Iterable[concurrent.futures.Future]) -> None:
+    """Cancel many futures at once: one request per job to stop the calls already invoked."""
+    by_tracker: dict[int, tuple[Any, list[Any]]] = {}
+    for f in fs:
+        tracker, call = getattr(f, "_tracker", None), getattr(f, "_call", None)
+        if tracker is not None and call is not None:
+            by_tracker.setdefault(id(tracker), (tracker, []))[1].append(call)
+        else:
+            f.cancel()
+    for tracker, calls in by_tracker.values():
+        tracker.cancel_all(calls)
 
 
 def _wait(
@@ -194,7 +208,9 @@ def _wait(
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            if waiter.event.wait(left if bar is None else min(0.1, left if left is not None else 0.1)):
+            # Wake at least every WAKE_INTERVAL: a SIGINT the OS hands to another thread only
+            # raises KeyboardInterrupt here once this thread runs again.
+            if waiter.event.wait(WAKE_INTERVAL if left is None else min(WAKE_INTERVAL, left)):
                 break
             if bar is not None:
                 bar.update(len(futures) - waiter.remaining - shown)

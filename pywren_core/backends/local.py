@@ -294,6 +294,10 @@ class WorkerPool:
     _shared_lock = threading.Lock()
     QUEUED_SECONDS = 0.005
     MAX_AHEAD = 64
+    #: Seconds the workers get to leave on their own when the pool closes (at exit), then killed.
+    CLOSE_GRACE = 1.0
+    #: Longest a cancel waits for the supervisor to have dropped and killed what it covers.
+    CANCEL_WAIT = 2.0
 
     @classmethod
     def shared(cls, size: int) -> WorkerPool:
@@ -306,7 +310,7 @@ class WorkerPool:
     def __init__(self, size: int):
         self.pending: deque[dict[str, Any]] = deque()
         self._pending_lock = threading.Lock()
-        self._cancels: deque[tuple[str, str, frozenset[str]]] = deque()
+        self._cancels: deque[tuple[tuple[str, str, frozenset[str]], threading.Event]] = deque()
         self.closed = False
         self.scratch = tempfile.mkdtemp(prefix="pywren-local-")
         self._seconds_per_payload = 0.01
@@ -341,13 +345,21 @@ class WorkerPool:
         self._wake()
 
     def cancel(self, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
-        """Drop these calls' payloads if queued, and kill the worker running one (or about to)."""
-        self._cancels.append((executor_id, job_id, frozenset(call_ids)))
+        """Drop these calls' payloads if queued, and kill the worker running one (or about to).
+
+        Returns once the supervisor has done so (or after CANCEL_WAIT), so that a job cleaned up
+        right after has no worker left writing into it.
+        """
+        done = threading.Event()
+        self._cancels.append(((executor_id, job_id, frozenset(call_ids)), done))
         self._wake()
+        if threading.current_thread() is not self._thread:
+            done.wait(self.CANCEL_WAIT)
 
     def _apply_cancels(self) -> None:
         while self._cancels:
-            hit = functools.partial(_cancelled_by, self._cancels.popleft())
+            request, done = self._cancels.popleft()
+            hit = functools.partial(_cancelled_by, request)
             with self._pending_lock:
                 self.pending = deque(p for p in self.pending if not hit(p))
             for w in list(self.workers):
@@ -355,6 +367,7 @@ class WorkerPool:
                     if hit(p):
                         p["cancelled"] = True  # already in the worker's hands: killed when it comes up
                 self._kill_if_cancelled(w)
+            done.set()
 
     def _kill_if_cancelled(self, w: _Worker) -> None:
         if w.inflight and w.inflight[0].get("cancelled"):
@@ -478,9 +491,10 @@ class WorkerPool:
                 w.conn.send(None)
             except OSError:
                 pass
+        give_up = time.monotonic() + self.CLOSE_GRACE  # for all of them together, not each
         for w in self.workers:
             try:
-                w.process.wait(2)
+                w.process.wait(max(0.0, give_up - time.monotonic()))
             except subprocess.TimeoutExpired:
                 w.process.kill()
                 w.process.wait()
