@@ -12,3 +12,55 @@ def test_backends_explains_a_broken_plugin_and_still_lists_the_others(capsys):
     assert "BROKEN: plugin 'broken'" in broken
     assert "ModuleNotFoundError: No module named 'pywren_fixture_missing_dependency'" in broken
     assert rows["fixture"].endswith("ok") and rows["local"].endswith("ok")
+
+
+def _keep_a_job(pywren_config):
+    import pywren_core as pw
+
+    ex = pw.executor(pywren_config, progress=False, cleanup=False)
+    futures = ex.map(abs, [-1, -2])
+    assert ex.get_result(futures) == [1, 2]
+    ex.shutdown()
+    return ex, f"{ex.executor_id}/{futures[0].job_id}"
+
+
+def test_clean_removes_a_jobs_objects_and_its_manifest(pywren_config, monkeypatch, capsys):
+    from pywren_core import manifests
+    from pywren_core.cli import main
+
+    monkeypatch.setenv("PYWREN_LOCAL_STORAGE_DIR", pywren_config["local"]["storage_dir"])
+    ex, job = _keep_a_job(pywren_config)
+    assert main(["status", job]) == 0 and "2 success" in capsys.readouterr().out
+    assert main(["clean", job]) == 0
+    assert "deleted 3 objects of 1 job" in capsys.readouterr().out  # the function and two statuses
+    assert ex.session.list("pywren.jobs/") == []
+    assert not list(manifests.manifest_dir().glob("*/*.json"))
+    assert main(["status", job]) == 1, "status must not describe a job that is gone"
+
+
+def test_clean_older_than_removes_only_old_executors(pywren_config, monkeypatch, capsys):
+    import time
+
+    from pywren_core.cli import main
+
+    monkeypatch.setenv("PYWREN_LOCAL_STORAGE_DIR", pywren_config["local"]["storage_dir"])
+    old, _ = _keep_a_job(pywren_config)
+    time.sleep(2.1)
+    new, _ = _keep_a_job(pywren_config)
+    assert main(["clean", "--older-than", "1d"]) == 0
+    assert old.session.list("pywren.jobs/"), "a young job was cleaned"
+    assert main(["clean", "--older-than", "2s"]) == 0
+    assert "of 1 executor" in capsys.readouterr().out
+    assert old.session.list(f"pywren.jobs/{old.executor_id}/") == []
+    assert new.session.list(f"pywren.jobs/{new.executor_id}/")
+    assert main(["clean", "--older-than", "soon"]) == 1
+    assert "--older-than wants an age" in capsys.readouterr().err
+
+
+def test_clean_and_status_refuse_paths(capsys):
+    from pywren_core.cli import main
+
+    assert main(["clean", "../.."]) == 1
+    assert "not a job or executor id" in capsys.readouterr().err
+    assert main(["status", "../../../../fake"]) == 1
+    assert "EXECUTOR_ID/JOB_ID" in capsys.readouterr().err
