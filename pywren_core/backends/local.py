@@ -353,7 +353,7 @@ class WorkerPool:
         done = threading.Event()
         self._cancels.append(((executor_id, job_id, frozenset(call_ids)), done))
         self._wake()
-        if threading.current_thread() is not self._thread:
+        if not self.closed and threading.current_thread() is not self._thread:
             done.wait(self.CANCEL_WAIT)
 
     def _apply_cancels(self) -> None:
