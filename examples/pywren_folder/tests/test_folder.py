@@ -4,7 +4,7 @@ import os
 
 import pytest
 import pywren_core as pw
-from pywren_core.errors import StorageError
+from pywren_core.errors import StorageError, WorkerDiedError
 from pywren_core.testing import open_session
 
 
@@ -35,3 +35,14 @@ def test_keys_stay_inside_the_folder(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["root"]
     with pytest.raises(StorageError):
         storage.put("", b"x")
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def test_a_call_that_crashes_its_interpreter_fails_at_once(tmp_path):
+    """The handler's harness reports the crash; the client does not wait for the call to count as lost."""
+    with pw.executor(backend="folder", folder={"root": str(tmp_path)}, progress=False, retries=0) as ex:
+        with pytest.raises(WorkerDiedError, match="exited with code 3"):
+            ex.call_async(exit_hard, 3).result(timeout=10)
