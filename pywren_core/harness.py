@@ -124,14 +124,20 @@ class _Child:
         self.scratch = tempfile.mkdtemp(prefix="pywren-worker-")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path)), "TMPDIR": self.scratch}
         code = f"from pywren_core.harness import child_main; child_main({theirs.fileno()}, {preload!r})"
-        self.process = subprocess.Popen(
-            [sys.executable, "-u", "-c", code],
-            pass_fds=(theirs.fileno(),),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: killing it also kills what the call started
-        )
-        theirs.close()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-u", "-c", code],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: killing it also kills what the call started
+            )
+        except BaseException:
+            ours.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
+        finally:
+            theirs.close()
         self.conn = Connection(ours.detach())
         self.ready = False
 

@@ -79,7 +79,7 @@ def crash_or_wait(what):
     if what == "crash":
         time.sleep(0.5)
         os._exit(1)
-    time.sleep(3)
+    time.sleep(5)
     return what
 
 
