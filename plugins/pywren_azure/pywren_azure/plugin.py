@@ -6,9 +6,11 @@ arguments. Every SDK error leaves here as a :mod:`pywren_core.errors` type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
 
 from pywren_azure import deploy
 from pywren_azure import session as session_module
@@ -21,6 +23,8 @@ from pywren_core.hookspecs import hookimpl
 
 #: Azure's limit of sub-requests in one blob batch.
 BATCH_SIZE = 256
+#: Threads per batch that delete key by key when a batch cannot be sent (at interpreter exit).
+EXIT_DELETE_THREADS = 8
 #: Consumption plan's longest function run (10 min); the function reports a call as timed out first.
 MAX_RUNTIME = 600.0
 
@@ -99,22 +103,64 @@ def pywren_storage_list(session: AzureSession, prefix: str) -> list[str]:
 
 def _delete_batch(session: AzureSession, keys: Sequence[str]) -> None:
     with mapped(f"delete {len(keys)} keys", session.secrets):
-        responses = session.container.delete_blobs(*keys, raise_on_any_failure=False)
+        try:
+            responses = session.container.delete_blobs(*keys, raise_on_any_failure=False)
+        except RuntimeError as exc:
+            if "interpreter shutdown" not in str(exc):
+                raise
+            # The SDK builds a batch on a ThreadPoolExecutor, which refuses work once the interpreter
+            # exits: the core's cleanup of a script that never shut down then deletes key by key.
+            in_threads(lambda key: _delete_one(session, key), keys, EXIT_DELETE_THREADS)
+            return
         failed = [r for r in responses if r.status_code not in (200, 202, 404)]
     if failed:
         first = f"{failed[0].status_code} {failed[0].headers.get('x-ms-error-code', '')}"
         raise StorageError(f"delete: {len(failed)} of {len(keys)} keys failed, the first with {first}")
 
 
+def _delete_one(session: AzureSession, key: str) -> None:
+    try:
+        session.container.delete_blob(key)
+    except ResourceNotFoundError:
+        pass
+
+
 @hookimpl
 def pywren_storage_delete(session: AzureSession, keys: Sequence[str]) -> None:
     batches = [keys[i : i + BATCH_SIZE] for i in range(0, len(keys), BATCH_SIZE)]
-    if len(batches) <= 1:
-        for batch in batches:
-            _delete_batch(session, batch)
-        return
-    with ThreadPoolExecutor(TRANSFER_CONCURRENCY) as pool:
-        list(pool.map(lambda batch: _delete_batch(session, batch), batches))
+    in_threads(lambda batch: _delete_batch(session, batch), batches, TRANSFER_CONCURRENCY)
+
+
+def in_threads(work: Callable[[Any], None], items: Sequence[Any], threads: int) -> None:
+    """``work`` on every item, on up to ``threads`` plain threads; the first error is raised.
+
+    Not a ThreadPoolExecutor: those refuse new work once the interpreter begins to exit, and that is
+    when the core deletes the jobs of a script that never called shutdown().
+    """
+    pending, errors, lock = iter(items), [], threading.Lock()
+
+    def drain() -> None:
+        while not errors:
+            with lock:
+                item = next(pending, None)
+            if item is None:
+                return
+            try:
+                work(item)
+            except BaseException as exc:
+                errors.append(exc)
+
+    if len(items) <= 1:
+        drain()
+    else:
+        workers = [threading.Thread(target=drain, name="pywren-azure-delete", daemon=True)
+                   for _ in range(min(threads, len(items)))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    if errors:
+        raise errors[0]
 
 
 @hookimpl

@@ -122,4 +122,4 @@ def test_a_script_that_never_shuts_down_leaves_nothing(queue_section: dict[str, 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str([x * x for x in range(10)])
     assert "polling" not in result.stderr and "Traceback" not in result.stderr, result.stderr
-    assert blob_names(azurite, container) == []
+    assert blob_names(azurite, container) == [], result.stderr
