@@ -14,8 +14,10 @@ of its own, doing what the real host does for the two trigger kinds the app uses
 
 At most ``--concurrency`` function invocations run at once. ``async`` functions run on one event
 loop, as in the Python worker. ``/admin/host/status`` answers once everything is running, with
-counters the tests check. With ``--trace FILE`` every message and request body received is
-appended to FILE, so tests can inspect exactly what the client sent.
+counters the tests check; ``POST /admin/host/lose-deliveries?count=N`` makes the next N queue
+deliveries fail before the function runs, as on an instance that crashed. With ``--trace FILE``
+every message and request body received is appended to FILE, so tests can inspect exactly what
+the client sent.
 
 Usage: ``python functions_host.py --port P --concurrency 8 [--host-json FILE] [--trace FILE]
 [--app module:attr]``, function key in the environment variable ``FUNCTIONS_TEST_KEY``; app
@@ -90,6 +92,8 @@ class Host:
         self.max_running = 0
         self.invocations = 0
         self.failures = 0
+        #: Queue deliveries still to lose (POST /admin/host/lose-deliveries?count=N).
+        self.lost_deliveries = 0
         self.stopping = threading.Event()
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="host-loop", daemon=True).start()
@@ -126,6 +130,12 @@ class Host:
             self.running -= 1
             self.failures += failed
             self._count_lock.notify_all()
+
+    def take_lost_delivery(self) -> bool:
+        """Whether to lose this delivery, as an instance that crashes does: its message comes back."""
+        with self._count_lock:
+            lose, self.lost_deliveries = self.lost_deliveries > 0, max(0, self.lost_deliveries - 1)
+            return lose
 
     def free_slots(self) -> int:
         with self._count_lock:
@@ -184,6 +194,8 @@ class Host:
         try:
             self.trace("queue", message.content)
             body = base64.b64decode(message.content, validate=True)
+            if self.take_lost_delivery():
+                raise RuntimeError("the instance running this message was lost (a test asked for it)")
             self.call(function, trigger, DeliveredMessage(id=message.id, body=body, pop_receipt=message.pop_receipt,
                                                            dequeue_count=message.dequeue_count))
             queue.delete_message(message)
@@ -236,6 +248,10 @@ class Host:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if url.path == "/admin/host/status":
                     return self.reply(200, json.dumps(host.status()).encode())
+                if url.path == "/admin/host/lose-deliveries" and method == "POST":
+                    with host._count_lock:
+                        host.lost_deliveries = int(dict(parse_qsl(url.query)).get("count", 1))
+                    return self.reply(204)
                 route = url.path.removeprefix("/api/")
                 if not url.path.startswith("/api/") or route not in host.routes:
                     return self.reply(404, b"no such function")

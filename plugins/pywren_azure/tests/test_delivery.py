@@ -1,6 +1,6 @@
 """How queue deliveries end, through the test host and Azurite: a message the platform gave up on
-fails its call at once, a late redelivery writes nothing, and a script that never shuts down
-leaves nothing in the container."""
+fails its call at once, a redelivery counts as a run, a late redelivery writes nothing, and a
+script that never shuts down leaves nothing in the container."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from azure.storage.blob import BlobServiceClient
 from conftest import QUEUE, Azurite, FunctionsHost
 from pywren_azure.invoke import POISON_INTERVAL
@@ -85,6 +86,17 @@ def wait_for_poisoned(poison: Any, executor_id: str, timeout: float) -> Any:
                 return message
         time.sleep(0.5)
     raise AssertionError(f"no message of executor {executor_id} reached {poison.queue_name} in {timeout} s")
+
+
+def test_a_redelivered_message_counts_as_another_run(queue_section: dict[str, Any],
+                                                     functions_host: FunctionsHost) -> None:
+    """The instance that took the message is lost, so the platform delivers it again (dequeue count
+    2) after host.json's visibilityTimeout: the call may have run twice, and its stats say so."""
+    requests.post(f"{functions_host.url}/admin/host/lose-deliveries?count=1", timeout=10).raise_for_status()
+    with pw.executor({"backend": "azure", "azure": queue_section}, progress=False) as ex:
+        future = ex.call_async(leave_mark, 5)
+        assert future.result(timeout=120) == 5
+    assert future.stats["runs"] == 2
 
 
 def test_a_late_redelivery_runs_nothing_and_writes_nothing(
