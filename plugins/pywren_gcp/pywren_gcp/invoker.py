@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import ssl
 import threading
@@ -128,19 +129,25 @@ class Dispatcher:
         """Drop the open requests and stop the loop thread."""
         if self._loop.is_closed():
             return
-
-        def stop() -> None:
-            _settle(list(self._waiting), InvokeError("the invocation was abandoned: its session was closed"))
-            for task in self._tasks:
-                task.cancel()
-            self._loop.stop()
-
-        self._loop.call_soon_threadsafe(stop)
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            asyncio.run_coroutine_threadsafe(self._abandon(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         if not self._thread.is_alive():
             self._loop.close()
 
     # --- on the loop thread --------------------------------------------------------------------
+
+    async def _abandon(self) -> None:
+        """Settle what waits, and let the open requests unwind (close their sockets) before the loop
+        stops: a request left suspended would do that when collected, on a closed loop."""
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        _settle(waiting, InvokeError("the invocation was abandoned: its session was closed"))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _enqueue(self, item: _Waiting) -> None:
         self._waiting.append(item)
