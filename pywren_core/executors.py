@@ -653,11 +653,16 @@ class _Monitor:
                 continue
             if event.kind == "running":
                 self.tracker.running(call, event.attempt)
-            else:
-                error = _FAILURES.get(event.kind, _FAILURES["error"])(
-                    event.message or f"the platform reported {event.kind}"
-                )
-                self.tracker.settle(call, event.attempt, Outcome(event.kind, error=error))
+            elif not call.settled and event.attempt in call.live:
+                # A platform's failure report can be wrong about one call (a broken response that
+                # carried several): a status the worker wrote wins over it.
+                written = self._fetch((job, call, event.attempt, job.keys.status(call.call_id, event.attempt)))
+                if written is None:
+                    error = _FAILURES.get(event.kind, _FAILURES["error"])(
+                        event.message or f"the platform reported {event.kind}"
+                    )
+                    written = Outcome(event.kind, error=error)
+                self.tracker.settle(call, event.attempt, written)
 
     def _poll(self, jobs: list[Job]) -> tuple[bool, float]:
         """Report the attempts whose status appeared; return whether any did, and the listing's cost."""
