@@ -87,7 +87,7 @@ def transport_retry(policy: type = LinearRetry, read: bool = True) -> Any:
     ``policy`` is the SDK's own LinearRetry class (blob's or queue's).
     """
     return policy(backoff=1, random_jitter_range=1, retry_total=SDK_RETRIES, retry_connect=SDK_RETRIES,
-                       retry_read=SDK_RETRIES if read else 0, retry_status=0)
+                  retry_read=SDK_RETRIES if read else 0, retry_status=0)
 
 
 def _default_credential() -> Any:
@@ -202,8 +202,7 @@ def open_queues(config: Mapping[str, Any], connection_string: str | None, creden
             clients.append(QueueClient.from_connection_string(connection_string, name, **options, **extra))
         else:
             clients.append(QueueClient(_endpoint(config, "queue"), name, credential=credential, **options, **extra))
-    queue, poison = clients
-    return queue, poison
+    return clients[0], clients[1]
 
 
 def close(session: AzureSession) -> None:
