@@ -74,7 +74,13 @@ def pywren_storage_list(session: Any, prefix: str) -> list[str]:
 
 @hookspec(firstresult=True)
 def pywren_storage_delete(session: Any, keys: Sequence[str]) -> None:
-    """Required. Delete ``keys``; keys that do not exist are ignored (deleting is idempotent)."""
+    """Required. Delete ``keys``; keys that do not exist are ignored (deleting is idempotent).
+
+    Also called at interpreter exit (with ``pywren_storage_list`` and ``pywren_cancel``), when the
+    core deletes the objects of jobs the script never shut down: by then a
+    ``concurrent.futures.ThreadPoolExecutor`` refuses new work, so fan out on plain threads, or
+    fall back to one request at a time.
+    """
 
 
 @hookspec(firstresult=True)
