@@ -435,7 +435,8 @@ class FaultConformance(_Isolated):
     def test_a_clock_step_reruns_nothing(self, pywren_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() + 3600)  # the client's wall clock jumps an hour
-        ex, futures = self.run_under(pywren_config, {}, retries=0)
+        # A timeout well above any call's run time, yet far below the hour the clock jumped.
+        ex, futures = self.run_under(pywren_config, {}, retries=0, timeout=10 * self.short_timeout)
         self.assert_all_correct(futures)
         assert all(f.stats["attempts"] == 1 for f in futures)
 
