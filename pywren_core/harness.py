@@ -33,8 +33,9 @@ from pywren_core import plugins, worker
 STATUS_MARGIN = 3.0
 #: Seconds past the deadline the worker gets to write its own timeout status before its process is killed.
 KILL_GRACE = 1.0
-#: Idle worker processes kept warm; a handler serving more payloads at once starts more, then ends the extra.
-MAX_IDLE = 16
+#: Worker processes at most, busy or idle (each one is an interpreter with the plugin loaded). A
+#: payload that finds all of them busy waits for one; a handler serving more at once may raise it.
+MAX_WORKERS = 16
 #: Worker processes starting at once. A burst of payloads on a cold instance waits for a few new
 #: processes, each soon free for the next payload, instead of starting one per payload on every core.
 MAX_STARTING = max(2, os.cpu_count() or 1)
@@ -189,16 +190,18 @@ class _Child:
 
 
 class _Pool:
-    """Idle worker processes, most recently used first; every process is ended at interpreter exit."""
+    """At most MAX_WORKERS worker processes; idle ones are kept, most recently used first, and every
+    one is ended at interpreter exit."""
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()  # a process became idle, or one finished starting
+        self._changed = threading.Condition()  # a process came free or ended, or one finished starting
         self._idle: list[_Child] = []
         self._children: set[_Child] = set()
+        self._count = 0  # processes alive or being started
         self._starting = 0
 
     def acquire(self, backend: str, give_up: float | None) -> _Child:
-        """A ready worker process: an idle one, else a new one once fewer than MAX_STARTING are starting.
+        """A ready worker process: an idle one, else a new one when there is room, else the first to come free.
 
         Raises _Unavailable when none is ready by ``give_up``.
         """
@@ -208,10 +211,11 @@ class _Pool:
                 if self._idle:
                     child = self._idle.pop()
                     if not child.alive:  # died while idle (the out-of-memory killer, say)
-                        self._children.discard(child)
+                        self._drop(child)
                         child.close()
                         child = None
-                elif self._starting < MAX_STARTING:
+                elif self._count < MAX_WORKERS and self._starting < MAX_STARTING:
+                    self._count += 1
                     self._starting += 1
                     break
                 elif not self._changed.wait(_seconds_until(give_up)):
@@ -221,13 +225,18 @@ class _Pool:
         else:
             try:
                 child = _Child(backend)
+            except BaseException:
                 with self._changed:
-                    self._children.add(child)
-                ready = child.wait_ready(give_up)
-            finally:
-                with self._changed:
+                    self._count -= 1
                     self._starting -= 1
                     self._changed.notify()
+                raise
+            with self._changed:
+                self._children.add(child)
+            ready = child.wait_ready(give_up)
+            with self._changed:
+                self._starting -= 1
+                self._changed.notify()
         if ready and child.alive:
             return child
         alive = child.alive
@@ -237,26 +246,35 @@ class _Pool:
         raise _Unavailable("error", f"{child.ending()} before it was ready (its output is in the log)")
 
     def release(self, child: _Child, reuse: bool = True) -> None:
-        """Keep ``child`` warm for the next payload, or end it (``reuse`` False: it overran or died)."""
+        """Keep ``child`` for the next payload, or end it (``reuse`` False: it overran or died)."""
         with self._changed:
-            if reuse and child.alive and len(self._idle) < MAX_IDLE:
+            keep = reuse and child.alive
+            if keep:
                 self._idle.append(child)
-                self._changed.notify()
-                return
+            else:
+                self._drop(child)
+            self._changed.notify()
+        if not keep:
+            child.close()
+
+    def _drop(self, child: _Child) -> None:
+        """Make room for another process in place of ``child`` (the lock is held)."""
+        if child in self._children:
             self._children.discard(child)
-        child.close()
+            self._count -= 1
 
     def prestart(self, backend: str) -> None:
         with self._changed:
-            if self._idle:
+            if self._idle or self._count >= MAX_WORKERS:
                 return
             child = _Child(backend)  # not waited for: it is ready, or nearly, when the first payload comes
+            self._count += 1
             self._children.add(child)
             self._idle.append(child)
 
     def close(self) -> None:
         with self._changed:
-            children, self._children, self._idle = list(self._children), set(), []
+            children, self._children, self._idle, self._count = list(self._children), set(), [], 0
         for child in children:
             child.close()
 
@@ -265,7 +283,7 @@ class _Pool:
         for child in self._children:
             child.conn.close()  # this copy of the socket only: the parent's stays open
         self._changed = threading.Condition()
-        self._children, self._idle, self._starting = set(), [], 0
+        self._children, self._idle, self._count, self._starting = set(), [], 0, 0
 
 
 _pool = _Pool()

@@ -163,6 +163,22 @@ def test_concurrent_payloads_run_in_separate_processes(served_config):
     assert len(set(pids)) == 3 and os.getpid() not in pids
 
 
+@pytest.fixture
+def two_workers(monkeypatch):
+    """A pool of worker processes of its own, of at most two."""
+    pool = harness._Pool()
+    monkeypatch.setattr(harness, "_pool", pool)
+    monkeypatch.setattr(harness, "MAX_WORKERS", 2)
+    yield
+    pool.close()
+
+
+def test_payloads_beyond_the_bound_wait_for_a_free_worker_process(served_config, two_workers):
+    with pw.executor(served_config) as ex:
+        pids = ex.get_result(ex.map(sleep_then_pid, [0.5] * 6), timeout=60)
+    assert len(set(pids)) == 2
+
+
 def test_a_crash_spares_a_concurrent_bystander(served_config):
     with pw.executor(served_config, retries=0) as ex:
         crashed, bystander = ex.map(crash_or_wait, ["crash", "wait"])
