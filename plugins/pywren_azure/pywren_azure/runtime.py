@@ -33,6 +33,7 @@ class Runner:
 
     def __init__(self, max_concurrency: int, time_limit: float):
         self.max_concurrency = max_concurrency
+        harness.MAX_WORKERS = max(harness.MAX_WORKERS, max_concurrency)  # a worker process for each slot
         self.time_limit = time_limit
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="pywren-call")
