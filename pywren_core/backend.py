@@ -67,7 +67,7 @@ class BackendInfo:
     config: Sequence[ConfigField] = ()
     #: The hook API this plugin was built for; state it, so another core refuses the plugin.
     api_version: int = API_VERSION
-    #: Dotted path of the platform's entry point that calls ``pywren_core.worker.handle``.
+    #: Dotted path of the platform's entry point that calls ``pywren_core.harness.serve``.
     handler: str = ""
     #: Smallest and largest pause between completion polls, in seconds.
     poll_interval: tuple[float, float] = (0.05, 2.0)

@@ -87,6 +87,11 @@ POLL_COST_FACTOR = 4.0
 #: Rounds in a row a job's status listing may fail with a storage error (not throttling) before
 #: the job fails with it: retrying will not fix denied access or a missing bucket.
 LISTING_FAILURES = 3
+#: Seconds the invoker waits out a platform's throttling before failing the calls (at least; a
+#: longer call timeout is used when there is one).
+INVOKE_PATIENCE = 60.0
+#: Invocations in a row whose answer was lost before the calls fail: the platform is unreachable.
+AMBIGUOUS_TRIES = 5
 #: Seconds the monitor gets to finish its round when the executor stops.
 STOP_TIMEOUT = 10.0
 
@@ -366,7 +371,8 @@ class _Engine:
         self.tracker = CallTracker(config.retries, self._reinvoke, self._retired, self._stop_remote)
         limits = info.limits
         threads = max(1, min(config.invoke_threads, limits.max_concurrency))
-        self.invoker = _Invoker(session, self.tracker, threads, limits.max_invoke_rate, timeout)
+        patience = max(timeout, INVOKE_PATIENCE)
+        self.invoker = _Invoker(session, self.tracker, threads, limits.max_invoke_rate, patience)
         self.cleaner = _Cleaner(session)
         self.monitor = _Monitor(self)
         self.stopping = False
@@ -485,21 +491,29 @@ class _Invoker:
                 self._invoke(job, live, attempt_of)
 
     def _invoke(self, job: Job, calls: list[Call], attempt_of: dict[str, int]) -> None:
+        """Invoke until the platform accepts: throttling for up to ``give_up_after`` seconds (our
+        own pacing not counted), a lost answer up to AMBIGUOUS_TRIES times in a row."""
         payload = job.payload(calls)
-        started = time.monotonic()
-        throttled = 0
+        started = None
+        throttled = ambiguous = 0
         for attempt in itertools.count():
             self.pacer.wait()
             issued = (time.monotonic(), time.time())
+            started = started or issued[0]
             try:
                 self.session.invoke(payload)
             except (ThrottledError, AmbiguousInvokeError) as exc:
                 if isinstance(exc, ThrottledError):
                     throttled += 1
                 else:
+                    ambiguous += 1
                     self.tracker.ambiguous(calls)
-                if time.monotonic() - started > self.give_up_after:
-                    error = InvokeError(f"invoking failed for {self.give_up_after} s, the last time with: {exc}")
+                waited = time.monotonic() - started
+                if waited > self.give_up_after or ambiguous >= AMBIGUOUS_TRIES:
+                    error = InvokeError(
+                        f"the platform did not accept the invocation ({attempt + 1} tries in {waited:.1f} s); "
+                        f"the last answer: {exc}"
+                    )
                     self.tracker.invoke_failed(calls, attempt_of, error)
                     return
                 if all(c.settled for c in calls):  # cancelled while we waited

@@ -68,7 +68,7 @@ def serve(
 
     If the process dies, or is still running KILL_GRACE after the deadline (it is then killed), or
     no process is ready before the deadline, each call without a status of its own is reported as
-    ``died``, ``timeout`` or ``error``, and every call is summarised with that kind. Raises only
+    ``died``, ``timeout`` or ``error`` and summarised so (one that wrote its own is ``reported``). Raises only
     when even that report cannot be written (storage is unreachable), so the platform's own retry
     can take over.
     """
@@ -86,9 +86,12 @@ def serve(
         kind, detail = "error", f"the worker runtime failed:\n{detail}"
     _log(f"job {payload.get('executor_id')}/{payload.get('job_id')}: {detail}")
     session = worker.session_for({**payload, "faults": None})  # the platform reports, not a (faulty) worker
-    for call in payload["calls"]:
-        worker.report_failure(session, payload, call, kind, detail)
-    return [{"call_id": c["call_id"], "attempt": c["attempt"], "kind": kind} for c in payload["calls"]]
+    # A call that wrote its own status before the process went down is summarised as "reported".
+    return [
+        {"call_id": c["call_id"], "attempt": c["attempt"],
+         "kind": kind if worker.report_failure(session, payload, c, kind, detail) else "reported"}
+        for c in payload["calls"]
+    ]
 
 
 def prestart(backend: str) -> None:

@@ -85,7 +85,8 @@ def pywren_storage_delete(session: Any, keys: Sequence[str]) -> None:
 
 @hookspec(firstresult=True)
 def pywren_invoke(session: Any, payload: Mapping[str, Any]) -> None:
-    """Required. Start one asynchronous run of ``pywren_core.worker.handle(payload)`` on the platform.
+    """Required. Start one asynchronous run of the platform's handler, which passes ``payload`` to
+    ``pywren_core.harness.serve``.
 
     Return as soon as the platform has accepted the invocation, not when it finished. ``payload`` is
     a JSON-serialisable mapping no larger than ``Limits.max_payload_bytes`` once encoded; it holds

@@ -225,6 +225,25 @@ def slow_first_attempt(seconds: float) -> int:
     return attempt
 
 
+def crash_or_wait(what: str) -> str:
+    """``"crash"`` ends the interpreter mid-call (as a segfault or the out-of-memory killer would);
+    anything else waits a little and returns, as a bystander running beside it."""
+    if what == "crash":
+        time.sleep(0.5)
+        os._exit(1)
+    time.sleep(3)
+    return what
+
+
+def crash_on_first_attempt(x: int) -> int:
+    """Ends the interpreter on the call's first attempt only, so a retry has something to fix."""
+    from pywren_core.worker import current_call
+
+    if current_call().attempt == 0:  # type: ignore[union-attr]
+        os._exit(1)
+    return x * 10
+
+
 def files_in_workdir(name: str) -> list[str]:
     """Writes a file into the call's own directory and lists what the directory holds."""
     from pywren_core.worker import current_call
@@ -356,6 +375,8 @@ class FaultConformance(_Isolated):
     #: how soon after it the client must have stopped and cleaned up.
     interrupt_after = 2.0
     interrupt_bound = 10.0
+    #: Seconds within which a call that crashed its interpreter must be reported as died.
+    crash_notice_bound = 10.0
 
     def run_under(self, pywren_config: dict[str, Any], faults: dict[str, Any], **overrides: Any) -> tuple[Any, list]:
         settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, "retries": 3}
@@ -475,6 +496,24 @@ class FaultConformance(_Isolated):
         finally:
             session.close()
         assert left == [], f"{len(left)} objects left behind, e.g. {left[:3]}"
+
+    def test_a_crash_is_noticed_within_seconds_and_spares_a_bystander(self, pywren_config: dict[str, Any]) -> None:
+        from pywren_core.errors import WorkerDiedError
+
+        with pw.executor(pywren_config, progress=False, retries=0) as ex:
+            started = time.monotonic()
+            crashed, bystander = ex.map(crash_or_wait, ["crash", "wait"])
+            with pytest.raises(WorkerDiedError, match=r"worker process \d+ exited with code 1 while running the call"):
+                crashed.result(timeout=self.crash_notice_bound)
+            noticed = time.monotonic() - started
+            assert noticed < self.crash_notice_bound, f"the crash was noticed after {noticed:.1f} s"
+            assert bystander.result(timeout=self.map_deadline) == "wait"
+
+    def test_a_crash_on_the_first_attempt_is_retried(self, pywren_config: dict[str, Any]) -> None:
+        with pw.executor(pywren_config, progress=False, retries=1) as ex:
+            future = ex.call_async(crash_on_first_attempt, 4)
+            assert future.result(timeout=self.map_deadline) == 40
+        assert future.stats["attempts"] == 2 and future.stats["runs"] == 2
 
     def test_corrupted_reads_never_give_a_wrong_result(self, pywren_config: dict[str, Any]) -> None:
         from pywren_core.errors import SignatureError

@@ -258,20 +258,22 @@ def write_status(session: Session, keys: JobKeys, secret: bytes, status: dict[st
     session.put(keys.status(status["call_id"], status["attempt"]), dump_status(secret, keys, status))
 
 
-def report_failure(session: Session, payload: dict[str, Any], call: dict[str, Any], kind: str, message: str) -> None:
+def report_failure(session: Session, payload: dict[str, Any], call: dict[str, Any], kind: str, message: str) -> bool:
     """For whoever runs the worker (a platform handler, the local pool): report that ``call`` of
     ``payload`` ended without its own status (``kind`` ``died``, ``timeout`` or ``error``), unless it
-    wrote one. Writes nothing when the payload's secret cannot be read or the job is gone."""
+    wrote one. Writes nothing when the payload's secret cannot be read or the job is gone.
+    Returns whether it wrote the failure."""
     keys = JobKeys.from_payload(payload)
     try:
         secret = job_secret(payload, _payload_key())
     except (SignatureError, ValueError):
-        return
+        return False
     status_key = keys.status(call["call_id"], call["attempt"])
     if status_key in session.list(status_key) or not session.list(payload["func_key"]):
-        return
+        return False
     error_type = {"timeout": CallTimeoutError, "died": WorkerDiedError}.get(kind, CallFailedError)
     write_status(session, keys, secret, failure_status(payload, call, kind, error_type(message)))
+    return True
 
 
 def _load_function(session: Session, payload: dict[str, Any], keys: JobKeys, secret: bytes) -> Any:

@@ -1,9 +1,9 @@
-"""Calls that crash their interpreter, through the test host running the real FunctionApp: reported as
-died within seconds by the core's worker harness, while the instance's other calls carry on."""
+"""A call that crashes its interpreter under the HTTP trigger: reported as died within seconds by the
+core's worker harness, while the instance's other calls carry on. (The fault kit covers the queue
+trigger, and the retry of a crashed first attempt.)"""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -11,38 +11,14 @@ import pytest
 
 import pywren_core as pw
 from pywren_core.errors import WorkerDiedError
+from pywren_core.testing import crash_or_wait
 
 
-def crash_or_wait(what: str) -> str:
-    if what == "crash":
-        time.sleep(0.5)
-        os._exit(1)
-    time.sleep(3)
-    return what
-
-
-def crash_on_first_attempt(x: int) -> int:
-    from pywren_core.worker import current_call
-
-    if current_call().attempt == 0:
-        os._exit(1)
-    return x * 10
-
-
-@pytest.mark.parametrize("section", ["queue_section", "http_section"])
-def test_a_crash_is_reported_as_died_and_spares_a_bystander(section: str, request: pytest.FixtureRequest) -> None:
-    config = {"backend": "azure", "azure": request.getfixturevalue(section)}
-    with pw.executor(config, progress=False, retries=0) as ex:
+def test_a_crash_under_the_http_trigger_spares_a_bystander(http_section: dict[str, Any]) -> None:
+    with pw.executor({"backend": "azure", "azure": http_section}, progress=False, retries=0) as ex:
         started = time.monotonic()
         crashed, bystander = ex.map(crash_or_wait, ["crash", "wait"])
         with pytest.raises(WorkerDiedError, match=r"worker process \d+ exited with code 1 while running the call"):
             crashed.result(timeout=10)
         assert time.monotonic() - started < 10
         assert bystander.result(timeout=60) == "wait"
-
-
-def test_a_crash_on_the_first_attempt_is_retried(queue_section: dict[str, Any]) -> None:
-    with pw.executor({"backend": "azure", "azure": queue_section}, progress=False, retries=1) as ex:
-        future = ex.call_async(crash_on_first_attempt, 4)
-        assert future.result(timeout=60) == 40
-    assert future.stats["attempts"] == 2
