@@ -489,6 +489,7 @@ class FaultConformance(_Isolated):
         finally:
             client.kill()
         assert "KeyboardInterrupt" in stderr, stderr[-2000:]
+        print(f"figure: the client stopped {stopped_after:.2f} s after Ctrl-C")  # for docs/reliability.md (-s)
         assert stopped_after < self.interrupt_bound, f"took {stopped_after:.1f} s to stop after Ctrl-C"
         session = open_session(pywren_config)
         try:
@@ -506,6 +507,7 @@ class FaultConformance(_Isolated):
             with pytest.raises(WorkerDiedError, match=r"worker process \d+ exited with code 1 while running the call"):
                 crashed.result(timeout=self.crash_notice_bound)
             noticed = time.monotonic() - started
+            print(f"figure: crash noticed {noticed:.2f} s after submitting")  # for docs/reliability.md (-s)
             assert noticed < self.crash_notice_bound, f"the crash was noticed after {noticed:.1f} s"
             assert bystander.result(timeout=self.map_deadline) == "wait"
 
