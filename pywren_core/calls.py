@@ -317,6 +317,12 @@ class CallTracker:
         with self._lock:
             return list(self.jobs)
 
+    def drop_jobs(self) -> list[Job]:
+        """Forget every job (the executor is stopping); return them, so their objects can go."""
+        with self._lock:
+            jobs, self.jobs = self.jobs, []
+        return jobs
+
     # --- moves (called with the lock held) -----------------------------------------------------
 
     def _move(self, call: Call, to: State) -> None:
@@ -374,5 +380,13 @@ def _settler(future: Any, value: Any = None, error: BaseException | None = None,
 
 
 def _run(effects: list[Effect]) -> None:
+    """Run every effect, even when one raises (a second Ctrl-C, say): a future left unsettled or a
+    job left unretired would make whoever waits on it wait forever. The first error is re-raised."""
+    first: BaseException | None = None
     for effect in effects:
-        effect()
+        try:
+            effect()
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first

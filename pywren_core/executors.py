@@ -425,17 +425,26 @@ class _Engine:
         elif wait:
             self.monitor.wake()
             futures_module.wait([c.future for c in self.tracker.open_calls()], progress=False)
+        settled_since = None
         while wait and not self._stopped.wait(1.0):
-            if not self.monitor.alive:  # it ended without finishing (it never does, but never hang)
+            if self.tracker.open_calls():  # each bounded by its own deadline
+                continue
+            settled_since = settled_since or time.monotonic()
+            if not self.monitor.alive or time.monotonic() - settled_since > STOP_TIMEOUT:
+                self.monitor.stop_now()  # never wait on a monitor that does not finish
                 self._finish()
 
     def _finish(self) -> None:
-        """The last act, on the monitor thread (or the caller's, when there never was one)."""
+        """The last act, on the monitor thread (or the caller's): every job still known is cleaned."""
         with self._stop_lock:
             if self._stopped.is_set():
                 return
             self.invoker.stop()
             self.cleaner.stop()
+            left = self.tracker.drop_jobs()  # a job whose retirement a second Ctrl-C cut short
+            if self.config.cleanup:
+                for job in left:
+                    self.cleaner.clean(job)
             try:
                 self.session.close()
             except Exception as exc:

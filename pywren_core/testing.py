@@ -472,11 +472,14 @@ class FaultConformance(_Isolated):
             import pywren_core as pw
             from pywren_core.testing import sleep_then_return
             with pw.executor(json.loads(sys.argv[1]), progress=False) as ex:
-                futures = ex.map(sleep_then_return, [20.0] * 4)
+                futures = ex.map(sleep_then_return, [float(sys.argv[2])] * 4)
                 print(ex.executor_id, flush=True)
                 ex.get_result(futures)
         """)
-        client = subprocess.Popen([sys.executable, "-c", script, json.dumps(pywren_config)],
+        # The calls still run when Ctrl-C comes, and not much longer: a platform that cannot stop
+        # them stays busy for the next test only briefly.
+        seconds = str(self.interrupt_after + 3)
+        client = subprocess.Popen([sys.executable, "-c", script, json.dumps(pywren_config), seconds],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             executor_id = client.stdout.readline().strip()  # type: ignore[union-attr]
