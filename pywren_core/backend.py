@@ -186,6 +186,9 @@ class Session:
     def invoke(self, payload: Mapping[str, Any]) -> None:
         self._hook.pywren_invoke(session=self.handle, payload=payload)
 
+    def prepare(self) -> None:
+        self._hook.pywren_prepare(session=self.handle)
+
     def cancel(self, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
         self._hook.pywren_cancel(session=self.handle, executor_id=executor_id, job_id=job_id, call_ids=list(call_ids))
 

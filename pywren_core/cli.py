@@ -186,7 +186,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def _lifecycle(args: argparse.Namespace, action: str) -> int:
     cfg, backend = _load(args)
     session = backend.open(cfg.backend_section(backend.info))
-    summary = session.deploy() if action == "deploy" else session.remove()
+    try:
+        summary = session.deploy() if action == "deploy" else session.remove()
+    finally:
+        session.close()
     if summary is None:
         print(f"backend {backend.name!r} has nothing to {action}")
     else:

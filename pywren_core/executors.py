@@ -124,6 +124,7 @@ class Executor(concurrent.futures.Executor):
             self.faults = FaultInjector(fault_config, "client")
             wrappers = [*wrappers, self.faults]
         self.session: Session = self.backend.open(self.section, role="client", wrappers=wrappers)
+        self.session.prepare()
         if self.faults is not None:
             self.faults.storage = self.session
         self.executor_id = new_executor_id()

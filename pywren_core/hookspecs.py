@@ -99,6 +99,15 @@ def pywren_invoke(session: Any, payload: Mapping[str, Any]) -> None:
     """
 
 
+@hookspec
+def pywren_prepare(session: Any) -> None:
+    """Optional. Get ready to invoke (start warm workers, open connections) without waiting for it.
+
+    Called once when an executor opens its session, never by commands that only read storage or
+    deploy (``pywren status``, ``pywren clean``), so those start nothing they do not need.
+    """
+
+
 @hookspec(firstresult=True)
 def pywren_cancel(session: Any, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
     """Optional. Stop these calls of one job where the platform allows: drop those still queued,

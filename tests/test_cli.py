@@ -64,3 +64,17 @@ def test_clean_and_status_refuse_paths(capsys):
     assert "not a job or executor id" in capsys.readouterr().err
     assert main(["status", "../../../../fake"]) == 1
     assert "EXECUTOR_ID/JOB_ID" in capsys.readouterr().err
+
+
+def test_commands_that_invoke_nothing_start_no_workers(pywren_config, monkeypatch, capsys):
+    from pywren_core.backends.local import WorkerPool
+    from pywren_core.cli import main
+
+    monkeypatch.setenv("PYWREN_LOCAL_STORAGE_DIR", pywren_config["local"]["storage_dir"])
+    monkeypatch.setenv("PYWREN_LOCAL_WORKERS", "3")  # a pool size no other test uses
+    _, job = _keep_a_job({**pywren_config, "local": {**pywren_config["local"], "workers": 1}})
+    WorkerPool._shared.pop(3, None)
+    assert main(["status", job]) == 0
+    assert main(["clean", job]) == 0
+    assert main(["deploy"]) == 0 and "nothing to deploy" in capsys.readouterr().out
+    assert 3 not in WorkerPool._shared

@@ -115,8 +115,6 @@ def pywren_connect(config: Mapping[str, Any], role: str) -> LocalSession:
     root = os.path.abspath(os.path.expanduser(config["storage_dir"]))
     os.makedirs(root, exist_ok=True)
     session = LocalSession(root, config["workers"] or os.cpu_count() or 1)
-    if role == "client":  # start the workers now, so they are warm by the first call
-        WorkerPool.shared(session.workers)
     return session
 
 
@@ -217,6 +215,11 @@ def pywren_storage_delete(session: LocalSession, keys: Sequence[str]) -> None:
 @hookimpl
 def pywren_invoke(session: LocalSession, payload: Mapping[str, Any]) -> None:
     WorkerPool.shared(session.workers).submit(dict(payload))
+
+
+@hookimpl
+def pywren_prepare(session: LocalSession) -> None:
+    WorkerPool.shared(session.workers)  # started now, so the workers are warm by the first call
 
 
 @hookimpl
