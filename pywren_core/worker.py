@@ -48,6 +48,7 @@ from pywren_core.protocol import (
     dump_status,
     exception_context,
     func_context,
+    group_of,
     job_secret,
     payload_key_from_env,
     python_version,
@@ -205,7 +206,7 @@ def run_payload(
         except BaseException as exc:  # a tampered or unloadable function: each call reports it
             refusal = exc
     statuses = []
-    for call in payload["calls"]:
+    for call in _not_yet_reported(payload, session, keys):
         if isinstance(refusal, (SignatureError, VersionMismatchError)):
             status = failure_status(payload, call, "refused", refusal)
             write_status(session, keys, secret, status)
@@ -213,6 +214,20 @@ def run_payload(
             status = _run_call(payload, call, session, keys, secret, func, refusal, deadline, isolate_cwd, delivery)
         statuses.append(status)
     return statuses
+
+
+def _not_yet_reported(payload: dict[str, Any], session: Session, keys: JobKeys) -> list[dict[str, Any]]:
+    """The calls of ``payload`` to run. A sealed payload rests where others can copy it (a queue), so
+    one already answered (a replay, or the platform delivering it again after it was done) is not
+    run again: one listing per status group it touches, for such payloads only."""
+    if "sealed_secret" not in payload:
+        return payload["calls"]
+    groups = {keys.status_group(group_of(c["call_id"])) for c in payload["calls"]}
+    written = {key for group in groups for key in session.list(group)}
+    fresh = [c for c in payload["calls"] if keys.status(c["call_id"], c["attempt"]) not in written]
+    if len(fresh) < len(payload["calls"]):
+        _log(f"job {keys.prefix}: {len(payload['calls']) - len(fresh)} calls of this payload were answered already")
+    return fresh
 
 
 @functools.lru_cache(maxsize=1)

@@ -239,6 +239,9 @@ def test_sealed_secrets_never_travel_or_rest_in_the_clear(monkeypatch):
         before = dict(fixture._STORES["sealed"])
         assert worker.handle(clear, isolate_cwd=False) == []
         assert fixture._STORES["sealed"] == before, "a payload with a clear secret wrote something"
+        # A sealed payload copied from the queue and sent again: its calls were answered, so nothing runs.
+        assert worker.handle(fixture.INVOKED[0], isolate_cwd=False) == []
+        assert fixture._STORES["sealed"] == before, "a replayed payload ran again"
         ex.clean()
         ex.shutdown()
     finally:
