@@ -50,6 +50,7 @@ from pywren_core.protocol import (
     func_context,
     group_of,
     job_secret,
+    load_status,
     payload_key_from_env,
     python_version,
     result_context,
@@ -206,7 +207,7 @@ def run_payload(
         except BaseException as exc:  # a tampered or unloadable function: each call reports it
             refusal = exc
     statuses = []
-    for call in _not_yet_reported(payload, session, keys):
+    for call in _not_yet_reported(payload, session, keys, secret):
         if isinstance(refusal, (SignatureError, VersionMismatchError)):
             status = failure_status(payload, call, "refused", refusal)
             write_status(session, keys, secret, status)
@@ -216,15 +217,29 @@ def run_payload(
     return statuses
 
 
-def _not_yet_reported(payload: dict[str, Any], session: Session, keys: JobKeys) -> list[dict[str, Any]]:
+def _not_yet_reported(
+    payload: dict[str, Any], session: Session, keys: JobKeys, secret: bytes
+) -> list[dict[str, Any]]:
     """The calls of ``payload`` to run. A sealed payload rests where others can copy it (a queue), so
     one already answered (a replay, or the platform delivering it again after it was done) is not
-    run again: one listing per status group it touches, for such payloads only."""
+    run again: one listing per status group it touches, for such payloads only. A status counts
+    only if this job signed it: a forged one must not stop a call from running."""
     if "sealed_secret" not in payload:
         return payload["calls"]
     groups = {keys.status_group(group_of(c["call_id"])) for c in payload["calls"]}
     written = {key for group in groups for key in session.list(group)}
-    fresh = [c for c in payload["calls"] if keys.status(c["call_id"], c["attempt"]) not in written]
+
+    def answered(call: dict[str, Any]) -> bool:
+        key = keys.status(call["call_id"], call["attempt"])
+        if key not in written:
+            return False
+        try:
+            load_status(secret, keys, call["call_id"], call["attempt"], session.get(key))
+            return True
+        except (SignatureError, NotFoundError, ValueError):
+            return False
+
+    fresh = [c for c in payload["calls"] if not answered(c)]
     if len(fresh) < len(payload["calls"]):
         _log(f"job {keys.prefix}: {len(payload['calls']) - len(fresh)} calls of this payload were answered already")
     return fresh

@@ -218,7 +218,7 @@ def test_sealed_secrets_never_travel_or_rest_in_the_clear(monkeypatch):
     from pywren_fixture import backend as fixture
 
     from pywren_core import worker
-    from pywren_core.protocol import PAYLOAD_KEY_ENV
+    from pywren_core.protocol import PAYLOAD_KEY_ENV, JobKeys
 
     key = stdlib_secrets.token_hex(32)
     monkeypatch.setenv(PAYLOAD_KEY_ENV, key)
@@ -242,6 +242,13 @@ def test_sealed_secrets_never_travel_or_rest_in_the_clear(monkeypatch):
         # A sealed payload copied from the queue and sent again: its calls were answered, so nothing runs.
         assert worker.handle(fixture.INVOKED[0], isolate_cwd=False) == []
         assert fixture._STORES["sealed"] == before, "a replayed payload ran again"
+        # A status only counts if the job signed it: a forged one does not stop the call running.
+        replayed = fixture.INVOKED[0]
+        call = replayed["calls"][0]
+        key = JobKeys.from_payload(replayed).status(call["call_id"], call["attempt"])
+        fixture._STORES["sealed"][key] = b'{"kind": "success", "forged": true}'
+        assert [s["kind"] for s in worker.handle(replayed, isolate_cwd=False)] == ["success"]
+        assert fixture._STORES["sealed"][key] != b'{"kind": "success", "forged": true}'
         ex.clean()
         ex.shutdown()
     finally:
