@@ -21,10 +21,12 @@ The kit's tests run isolated from the machine's pywren setup (see :func:`isolate
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -639,3 +641,44 @@ class LocalServer:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+class HangUpServer:
+    """A server on 127.0.0.1 that reads each request whole and closes the connection unanswered,
+    as a network that loses the answer does. ``connections`` counts the connections it took, so a
+    test can see how many tries a client made. Use it as a context manager."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, name="hang-up-server", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            with connection:
+                connection.settimeout(5)
+                try:
+                    head = b""
+                    while b"\r\n\r\n" not in head and (chunk := connection.recv(65536)):
+                        head += chunk
+                    length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+                    body = head.partition(b"\r\n\r\n")[2]
+                    while length and len(body) < int(length.group(1)) and (chunk := connection.recv(65536)):
+                        body += chunk
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def __enter__(self) -> HangUpServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
-from pywren_core.testing import LocalServer, StorageConformance, open_session
+from pywren_core.testing import HangUpServer, LocalServer, StorageConformance, open_session
 
 from pywren_aws import storage as s3_storage
 from pywren_aws.errors import from_code
@@ -111,28 +109,13 @@ def test_missing_credentials_say_where_boto3_looked(pywren_config: dict[str, Any
 
 def test_a_broken_connection_is_tried_twice_then_is_a_storage_error() -> None:
     """Transport failures are botocore's to retry, once; the core adds no tries on top."""
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[int] = []
-
-    def hang_up() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            accepted.append(1)
-            conn.recv(65536)
-            conn.close()
-
-    threading.Thread(target=hang_up, daemon=True).start()
-    session = open_session({"backend": "aws", "aws": {"bucket": "b", "region": REGION,
-                                                      "endpoint_url": f"http://127.0.0.1:{server.getsockname()[1]}"}})
-    try:
-        for operation in (lambda: session.get("k"), lambda: session.put("k", b"x"), lambda: session.list("k")):
-            accepted.clear()
-            with pytest.raises(StorageError, match="ConnectionClosedError"):
-                operation()
-            assert len(accepted) == S3_TRIES
-    finally:
-        session.close()
-        server.close()
+    with HangUpServer() as server:
+        session = open_session({"backend": "aws", "aws": {"bucket": "b", "region": REGION, "endpoint_url": server.url}})
+        try:
+            for operation in (lambda: session.get("k"), lambda: session.put("k", b"x"), lambda: session.list("k")):
+                before = server.connections
+                with pytest.raises(StorageError, match="ConnectionClosedError"):
+                    operation()
+                assert server.connections - before == S3_TRIES
+        finally:
+            session.close()

@@ -4,8 +4,6 @@ worker writes back to Azurite. The core's executor conformance kit with both tri
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +15,14 @@ from conftest import HOST_CONCURRENCY, QUEUE, Azurite, FunctionsHost
 
 import pywren_core as pw
 from pywren_core.errors import AmbiguousInvokeError, InvokeError, ThrottledError
-from pywren_core.testing import BenchConformance, ExecutorConformance, FaultConformance, free_port, open_session
+from pywren_core.testing import (
+    BenchConformance,
+    ExecutorConformance,
+    FaultConformance,
+    HangUpServer,
+    free_port,
+    open_session,
+)
 
 BURST = 1000
 
@@ -109,26 +114,8 @@ def test_a_refused_connection_fails_the_call_at_once_naming_the_url(http_section
 @pytest.fixture
 def hang_up_url() -> Iterator[str]:
     """A function URL whose server reads each request whole, then closes the connection unanswered."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            with connection:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += connection.recv(65536)
-                length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))
-                body = head.partition(b"\r\n\r\n")[2]
-                while len(body) < length:
-                    body += connection.recv(65536)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/api/pywren"
-    listener.close()
+    with HangUpServer() as server:
+        yield f"{server.url}/api/pywren"
 
 
 def test_an_answer_lost_after_sending_is_an_ambiguous_invoke(http_section: dict[str, Any], hang_up_url: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
-from pywren_core.testing import StorageConformance, open_session
+from pywren_core.testing import HangUpServer, StorageConformance, open_session
 from pywren_gcp.storage import TRIES, GcsStore, make_client
 
 from conftest import gcp_config
@@ -111,27 +110,13 @@ def test_delete_falls_back_when_the_endpoint_has_no_batch_api(storage_url: str) 
 
 def test_a_broken_connection_is_tried_three_times_then_is_a_storage_error() -> None:
     """Transport failures are urllib3's to retry, a few times per request; the core adds none on top."""
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[int] = []
-
-    def hang_up() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            accepted.append(1)
-            conn.recv(65536)
-            conn.close()
-
-    threading.Thread(target=hang_up, daemon=True).start()
-    session = open_session(gcp_config(f"http://127.0.0.1:{server.getsockname()[1]}", "http://127.0.0.1:9/unused"))
-    try:
-        for operation in (lambda: session.get("k"), lambda: session.put("k", b"x"), lambda: session.list("k")):
-            accepted.clear()
-            with pytest.raises(StorageError, match="the connection failed"):
-                operation()
-            assert len(accepted) == TRIES
-    finally:
-        session.close()
-        server.close()
+    with HangUpServer() as server:
+        session = open_session(gcp_config(server.url, "http://127.0.0.1:9/unused"))
+        try:
+            for operation in (lambda: session.get("k"), lambda: session.put("k", b"x"), lambda: session.list("k")):
+                before = server.connections
+                with pytest.raises(StorageError, match="the connection failed"):
+                    operation()
+                assert server.connections - before == TRIES
+        finally:
+            session.close()
