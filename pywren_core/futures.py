@@ -101,7 +101,7 @@ class ResponseFuture(concurrent.futures.Future):
 
 
 def _progress_bar(total: int, enabled: bool | None) -> Any:
-    show = sys.stderr.isatty() if enabled is None else enabled
+    show = (sys.stderr.isatty() or "ipykernel" in sys.modules) if enabled is None else enabled  # a notebook
     if not show or total < 2:
         return None
     from tqdm.auto import tqdm

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -302,3 +303,19 @@ def test_remote_traceback_names_the_users_file_and_line(ex, tmp_path, monkeypatc
     remote = str(info.value.__cause__)
     assert f'File "{tmp_path / "users_code_for_traceback.py"}", line 3, in boom' in remote
     assert "raise ValueError(y)" in remote and "<dynamic-code>" not in remote
+
+
+def test_progress_bar_shows_in_a_notebook_by_default(monkeypatch):
+    import types
+
+    import io
+
+    from pywren_core import futures
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    assert futures._progress_bar(10, None) is None
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    bar = futures._progress_bar(10, None)
+    assert bar is not None
+    bar.close()
+    assert futures._progress_bar(10, False) is None
