@@ -306,9 +306,8 @@ def test_remote_traceback_names_the_users_file_and_line(ex, tmp_path, monkeypatc
 
 
 def test_progress_bar_shows_in_a_notebook_by_default(monkeypatch):
-    import types
-
     import io
+    import types
 
     from pywren_core import futures
 
