@@ -60,7 +60,8 @@ TRANSITIONS: dict[tuple[State, State], str] = {
 
 #: Outcomes that mean the call never ran to an answer: worth another attempt.
 RETRYABLE = {"died": WorkerDiedError, "timeout": CallTimeoutError, "error": CallFailedError}
-_FAILURES = {**RETRYABLE, "refused": VersionMismatchError}
+#: The error each outcome that is not the call's own answer raises on the client.
+FAILURES = {**RETRYABLE, "refused": VersionMismatchError}
 
 
 @attrs.define(eq=False)
@@ -341,7 +342,7 @@ class CallTracker:
         if outcome.kind in RETRYABLE and call.attempt < self.retries and not call.job.attached:
             self._next_attempt(call, keep_running=False)
             return [lambda: self._reinvoke(call.job, [call])]
-        error = outcome.error or _FAILURES.get(outcome.kind, CallFailedError)(
+        error = outcome.error or FAILURES.get(outcome.kind, CallFailedError)(
             f"call ended with status {outcome.kind!r}"
         )
         if outcome.kind in RETRYABLE and self.retries:

@@ -37,7 +37,7 @@ from pywren_core import __version__, manifests, serialize
 from pywren_core import config as config_module
 from pywren_core import futures as futures_module
 from pywren_core.backend import Pacer, Session, backoff_delay
-from pywren_core.calls import _FAILURES, Call, CallTracker, Job, Outcome
+from pywren_core.calls import FAILURES, Call, CallTracker, Job, Outcome
 from pywren_core.errors import (
     AmbiguousInvokeError,
     ConfigError,
@@ -682,7 +682,7 @@ class _Monitor:
                 # carried several): a status the worker wrote wins over it.
                 written = self._fetch((job, call, event.attempt, job.keys.status(call.call_id, event.attempt)))
                 if written is None:
-                    error = _FAILURES.get(event.kind, _FAILURES["error"])(
+                    error = FAILURES.get(event.kind, FAILURES["error"])(
                         event.message or f"the platform reported {event.kind}"
                     )
                     written = Outcome(event.kind, error=error)
@@ -783,7 +783,7 @@ class _Monitor:
             return Outcome("exception", error=_remote_exception(job, call_id, error), **common)
         if error.get("type") == "SignatureError":
             return Outcome("refused", error=SignatureError(error.get("message", "")), **common)
-        failure = _FAILURES.get(kind, _FAILURES["error"])(error.get("message") or f"call ended with status {kind!r}")
+        failure = FAILURES.get(kind, FAILURES["error"])(error.get("message") or f"call ended with status {kind!r}")
         return Outcome(kind, error=failure, **common)
 
     def _check_deadlines(self, jobs: list[Job]) -> None:
