@@ -84,7 +84,7 @@ def serve(
         return detail
     if kind == "failed":
         kind, detail = "error", f"the worker runtime failed:\n{detail}"
-    _log(f"job {payload.get('executor_id')}/{payload.get('job_id')}: {detail}")
+    worker.log(f"job {payload.get('executor_id')}/{payload.get('job_id')}: {detail}")
     session = worker.session_for({**payload, "faults": None})  # the platform reports, not a (faulty) worker
     # A call that wrote its own status before the process went down is summarised as "reported".
     return [
@@ -100,11 +100,6 @@ def prestart(backend: str) -> None:
     For a handler's import (Lambda's init phase, say): the first payload then finds it warm.
     """
     _pool.prestart(backend)
-
-
-def _log(message: str) -> None:
-    """A line for the platform's log; never the payload, which holds the job's secret."""
-    print(f"pywren: {message}", file=sys.__stderr__, flush=True)
 
 
 def _seconds_until(moment: float | None) -> float | None:

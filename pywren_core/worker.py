@@ -194,7 +194,7 @@ def run_payload(
     try:
         secret = job_secret(payload, _payload_key())
     except (SignatureError, ValueError) as exc:
-        _log(f"refusing job {keys.prefix}: {exc}")
+        log(f"refusing job {keys.prefix}: {exc}")
         return []
     refusal = _refusal(payload)
     func = None
@@ -202,7 +202,7 @@ def run_payload(
         try:
             func = _load_function(session, payload, keys, secret)
         except NotFoundError:
-            _log(f"job {keys.prefix} is gone (cleaned up, or a late redelivery): running nothing")
+            log(f"job {keys.prefix} is gone (cleaned up, or a late redelivery): running nothing")
             return []
         except BaseException as exc:  # a tampered or unloadable function: each call reports it
             refusal = exc
@@ -227,22 +227,29 @@ def _not_yet_reported(
     if "sealed_secret" not in payload:
         return payload["calls"]
     groups = {keys.status_group(group_of(c["call_id"])) for c in payload["calls"]}
-    written = {key for group in groups for key in session.list(group)}
-
-    def answered(call: dict[str, Any]) -> bool:
-        key = keys.status(call["call_id"], call["attempt"])
-        if key not in written:
-            return False
-        try:
-            load_status(secret, keys, call["call_id"], call["attempt"], session.get(key))
-            return True
-        except (SignatureError, NotFoundError, ValueError):
-            return False
-
-    fresh = [c for c in payload["calls"] if not answered(c)]
+    listed = {key for group in groups for key in session.list(group)}
+    fresh = [c for c in payload["calls"] if not _answered(session, keys, secret, c, listed)]
     if len(fresh) < len(payload["calls"]):
-        _log(f"job {keys.prefix}: {len(payload['calls']) - len(fresh)} calls of this payload were answered already")
+        log(f"job {keys.prefix}: {len(payload['calls']) - len(fresh)} calls of this payload were answered already")
     return fresh
+
+
+def _answered(session: Session, keys: JobKeys, secret: bytes, call: dict[str, Any], listed: set[str]) -> bool:
+    """Whether ``call`` has a status this job signed (``listed``: the status keys seen). A forged
+    status is no answer: it must neither stop the call from running nor hide its failure."""
+    key = keys.status(call["call_id"], call["attempt"])
+    if key not in listed:
+        return False
+    try:
+        load_status(secret, keys, call["call_id"], call["attempt"], session.get(key))
+    except (SignatureError, NotFoundError, ValueError):
+        return False
+    return True
+
+
+def _job_present(session: Session, payload: dict[str, Any]) -> bool:
+    """Whether the job's function is still stored: a job cleaned up must not get new objects."""
+    return bool(session.list(payload["func_key"]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -250,7 +257,7 @@ def _payload_key() -> bytes | None:
     return payload_key_from_env()
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     """A line for the platform's log; never the payload, which may hold the job's secret."""
     print(f"pywren: {message}", file=sys.__stderr__, flush=True)
 
@@ -299,7 +306,7 @@ def report_failure(session: Session, payload: dict[str, Any], call: dict[str, An
     except (SignatureError, ValueError):
         return False
     status_key = keys.status(call["call_id"], call["attempt"])
-    if status_key in session.list(status_key) or not session.list(payload["func_key"]):
+    if _answered(session, keys, secret, call, set(session.list(status_key))) or not _job_present(session, payload):
         return False
     error_type = {"timeout": CallTimeoutError, "died": WorkerDiedError}.get(kind, CallFailedError)
     write_status(session, keys, secret, failure_status(payload, call, kind, error_type(message)))
@@ -495,7 +502,7 @@ def _run_call(
 
 def _job_exists(session: Session, payload: dict[str, Any], call_id: str, started: float) -> bool:
     """False when a long call's job was cleaned up meanwhile: its status would never be deleted."""
-    if time.time() - started < JOB_CHECK_AFTER or session.list(payload["func_key"]):
+    if time.time() - started < JOB_CHECK_AFTER or _job_present(session, payload):
         return True
-    _log(f"job {payload['executor_id']}/{payload['job_id']} was cleaned up while call {call_id} ran; not reporting")
+    log(f"job {payload['executor_id']}/{payload['job_id']} was cleaned up while call {call_id} ran; not reporting")
     return False
