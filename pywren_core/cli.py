@@ -12,7 +12,14 @@ from pywren_core import __version__, manifests
 from pywren_core import config as config_module
 from pywren_core.errors import ConfigError, PywrenError, SignatureError
 from pywren_core.plugins import Backend, backend_entries, load_backend
-from pywren_core.protocol import JOBS_PREFIX, JobKeys, executor_started, load_status, parse_status_key
+from pywren_core.protocol import (
+    JOBS_PREFIX,
+    JobKeys,
+    delete_jobs,
+    executor_started,
+    load_status,
+    parse_status_key,
+)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -113,9 +120,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
             prefixes = [f"{JOBS_PREFIX}/{e}/" for e in executors]
         deleted = 0
         for prefix in prefixes:
-            keys = session.list(prefix)
-            session.delete(keys)
-            deleted += len(keys)
+            deleted += delete_jobs(session, prefix)
             executor_id, _, job_id = prefix[len(JOBS_PREFIX) + 1 :].strip("/").partition("/")
             manifests.remove_all(executor_id, job_id or None)
     finally:

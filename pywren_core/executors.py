@@ -60,6 +60,7 @@ from pywren_core.protocol import (
     JobKeys,
     args_context,
     b64,
+    delete_jobs,
     exception_context,
     func_context,
     load_status,
@@ -249,7 +250,7 @@ class Executor(concurrent.futures.Executor):
                 call.args = spec
             manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
         except BaseException:  # Ctrl-C included: nothing of a job that never started stays behind
-            self.session.delete(self.session.list(keys.prefix))
+            delete_jobs(self.session, keys.prefix)
             manifests.remove(keys)
             raise
         self._engine.start_job(job, chunksize)
@@ -356,9 +357,7 @@ class Executor(concurrent.futures.Executor):
     def clean(self, job_id: str | None = None) -> int:
         """Delete this executor's objects in storage (or one job's); returns how many were deleted."""
         prefix = JobKeys(self.executor_id, job_id).prefix if job_id else f"{JOBS_PREFIX}/{self.executor_id}/"
-        keys = self.session.list(prefix)
-        self.session.delete(keys)
-        return len(keys)
+        return delete_jobs(self.session, prefix)
 
 
 class _Engine:
@@ -565,7 +564,7 @@ class _Cleaner:
 
     def clean(self, job: Job) -> None:
         try:
-            self.session.delete(self.session.list(job.keys.prefix))
+            delete_jobs(self.session, job.keys.prefix)
             manifests.remove(job.keys)
         except Exception as exc:
             log.warning("cleaning up job %s failed: %s (`pywren clean` removes it later)", job.keys.job_id, exc)

@@ -9,6 +9,11 @@ Layout under one job (``pywren.jobs/<executor>/<job>/``)::
 
 Statuses are grouped by thousands of calls, so the client lists one prefix per 1,000 calls and
 stops listing a group once all of its calls are done.
+
+Deleting a job is fenced against workers still running one of its calls (a duplicate run, a
+timed-out attempt): the cleaner deletes the job's function first, then lists and deletes the rest;
+a worker writes first, then checks that the function is still there, and deletes what it wrote if
+not. Whichever comes first, nothing a worker writes outlives its job.
 """
 
 from __future__ import annotations
@@ -104,6 +109,16 @@ class JobKeys:
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> JobKeys:
         return cls(payload["executor_id"], payload["job_id"])
+
+
+def delete_jobs(session: Any, prefix: str) -> int:
+    """Delete every object under ``prefix`` (one job, or an executor's jobs), fenced as the module
+    docstring says; returns how many were deleted."""
+    first = session.list(prefix)
+    session.delete([key for key in first if key.endswith("/func.pickle")])
+    rest = session.list(prefix)
+    session.delete(rest)
+    return len(set(first) | set(rest))
 
 
 def parse_status_key(key: str) -> tuple[str, int] | None:

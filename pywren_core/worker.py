@@ -61,10 +61,6 @@ from pywren_core.protocol import (
 
 OUTPUT_TAIL_CHARS = 8192
 _FUNCTION_CACHE_SIZE = 16
-#: A call that ran longer than this checks that its job still exists before writing its status:
-#: a job is cleaned up while one of its calls runs only when the client stopped waiting for it
-#: (cancelled, timed out, lost), which takes longer than this.
-JOB_CHECK_AFTER = 1.0
 
 
 @attrs.frozen
@@ -210,7 +206,7 @@ def run_payload(
     for call in _not_yet_reported(payload, session, keys, secret):
         if isinstance(refusal, (SignatureError, VersionMismatchError)):
             status = failure_status(payload, call, "refused", refusal)
-            write_status(session, keys, secret, status)
+            write_status(session, payload, secret, status)
         else:
             status = _run_call(payload, call, session, keys, secret, func, refusal, deadline, isolate_cwd, delivery)
         statuses.append(status)
@@ -290,9 +286,25 @@ def failure_status(payload: dict[str, Any], call: dict[str, Any], kind: str, err
     }
 
 
-def write_status(session: Session, keys: JobKeys, secret: bytes, status: dict[str, Any]) -> None:
-    """Write a call's status record, signed for its job, call and attempt."""
-    session.put(keys.status(status["call_id"], status["attempt"]), dump_status(secret, keys, status))
+def write_status(
+    session: Session, payload: dict[str, Any], secret: bytes, status: dict[str, Any], result: bytes | None = None
+) -> bool:
+    """Write a call's status record, signed for its job, call and attempt (after its large
+    ``result``, if any). Fenced against cleanup (see :mod:`pywren_core.protocol`): when the job's
+    function is gone once written, the job was deleted meanwhile, and what was written is deleted
+    again. Returns whether the status stands."""
+    keys = JobKeys.from_payload(payload)
+    written = []
+    if result is not None:
+        session.put(status["result_key"], result)
+        written.append(status["result_key"])
+    written.append(keys.status(status["call_id"], status["attempt"]))
+    session.put(written[-1], dump_status(secret, keys, status))
+    if _job_present(session, payload):
+        return True
+    session.delete(written)
+    log(f"job {keys.prefix} was cleaned up while call {status['call_id']} ran: its status is withdrawn")
+    return False
 
 
 def report_failure(session: Session, payload: dict[str, Any], call: dict[str, Any], kind: str, message: str) -> bool:
@@ -306,11 +318,10 @@ def report_failure(session: Session, payload: dict[str, Any], call: dict[str, An
     except (SignatureError, ValueError):
         return False
     status_key = keys.status(call["call_id"], call["attempt"])
-    if _answered(session, keys, secret, call, set(session.list(status_key))) or not _job_present(session, payload):
+    if _answered(session, keys, secret, call, set(session.list(status_key))):
         return False
     error_type = {"timeout": CallTimeoutError, "died": WorkerDiedError}.get(kind, CallFailedError)
-    write_status(session, keys, secret, failure_status(payload, call, kind, error_type(message)))
-    return True
+    return write_status(session, payload, secret, failure_status(payload, call, kind, error_type(message)))
 
 
 def _load_function(session: Session, payload: dict[str, Any], keys: JobKeys, secret: bytes) -> Any:
@@ -456,7 +467,7 @@ def _run_call(
             max(0.0, deadline - time.time()),
             lambda: (
                 writer.claim()
-                and write_status(session, keys, secret, failure_status(payload, call, "timeout", timeout))
+                and write_status(session, payload, secret, failure_status(payload, call, "timeout", timeout))
             ),
         )
         watchdog.daemon = True
@@ -493,16 +504,6 @@ def _run_call(
     status["stats"] = stats
     if tails is not None:
         status["stdout"], status["stderr"] = tails["stdout"].text(), tails["stderr"].text()
-    if writer.claim() and _job_exists(session, payload, call_id, stats["start"]):
-        if large_result is not None:
-            session.put(status["result_key"], large_result)
-        write_status(session, keys, secret, status)
+    if writer.claim():
+        write_status(session, payload, secret, status, large_result)
     return status
-
-
-def _job_exists(session: Session, payload: dict[str, Any], call_id: str, started: float) -> bool:
-    """False when a long call's job was cleaned up meanwhile: its status would never be deleted."""
-    if time.time() - started < JOB_CHECK_AFTER or _job_present(session, payload):
-        return True
-    log(f"job {payload['executor_id']}/{payload['job_id']} was cleaned up while call {call_id} ran; not reporting")
-    return False

@@ -88,7 +88,47 @@ def test_an_ambiguous_invoke_is_retried_and_counted(pywren_config):
     # Invoked again unless its result arrived first (the lost answer's invocation did run).
     assert 10 < len(counter.calls) <= 20
     ex.shutdown()
+    wait_for_local_workers_idle()  # a duplicate run may outlive the job: what it writes must not stay
     assert job_objects(ex) == []
+
+
+def wait_for_local_workers_idle(timeout=10.0):
+    from pywren_core.backends.local import WorkerPool
+
+    deadline = time.monotonic() + timeout
+    while any(p.pending or any(w.inflight for w in p.workers) for p in WorkerPool._shared.values()):
+        assert time.monotonic() < deadline, f"the local workers were still busy after {timeout} s"
+        time.sleep(0.02)
+
+
+def clean_up_own_job_if_asked(x):
+    """Stands for the client cleaning up the job while this (duplicate) run is under way."""
+    from pywren_core.protocol import JobKeys, delete_jobs
+    from pywren_core.worker import current_call
+
+    call = current_call()
+    if os.environ.get("PYWREN_TEST_CLEAN_WHILE_RUNNING"):
+        delete_jobs(call.storage, JobKeys(call.executor_id, call.job_id).prefix)
+    return x
+
+
+def test_a_run_that_outlives_its_job_leaves_nothing_behind(monkeypatch):
+    """A duplicate run still under way when its job is cleaned up withdraws what it wrote."""
+    from pywren_fixture import backend as fixture
+
+    from pywren_core import worker
+    from pywren_core.protocol import JobKeys
+
+    fixture.INVOKED.clear()
+    ex = pw.executor({"backend": "fixture", "fixture": {"store": "outlived"}}, progress=False, cleanup=False)
+    assert ex.get_result(ex.map(clean_up_own_job_if_asked, [1, 2], chunksize=2)) == [1, 2]
+    prefix = JobKeys.from_payload(fixture.INVOKED[0]).prefix
+    assert ex.session.list(prefix)
+    monkeypatch.setenv("PYWREN_TEST_CLEAN_WHILE_RUNNING", "1")
+    statuses = worker.handle(fixture.INVOKED[0], isolate_cwd=False)  # the platform runs it again
+    assert [s["kind"] for s in statuses] == ["success", "success"]
+    assert ex.session.list(prefix) == [], "a run that outlived its job left objects behind"
+    ex.shutdown()
 
 
 def test_denied_listing_fails_the_job_without_rerunning_anything(pywren_config):
