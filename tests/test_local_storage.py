@@ -1,4 +1,4 @@
-"""Where the local backend keeps jobs by default, and what a full storage directory says."""
+"""Where the local backend keeps jobs, what a storage directory it cannot use says, and a full one."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 import pywren_core as pw
 from pywren_core.backends import local
+from pywren_core.errors import ConfigError
 
 
 @pytest.fixture
@@ -78,3 +79,43 @@ def test_a_storage_directory_without_room_is_named_with_the_setting_to_change(tm
     ).stdout
     assert "'job/large'" in out and str(storage) in out and "local.storage_dir" in out
     assert os.listdir(storage / "job") == ["small"], "no half-written temporary file is left behind"
+
+
+def _not_writable(tmp_path, monkeypatch):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    if os.access(folder, os.W_OK):  # root may write anywhere: stand for a read-only mount instead
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: path != str(folder) and real_access(path, mode))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda tmp_path, mp: tmp_path / "a-file", "it exists and is not a directory"),
+        (lambda tmp_path, mp: tmp_path / "a-file" / "below", "cannot create it: Not a directory"),
+        (
+            lambda tmp_path, mp: Path("/proc/no-such-folder/storage"),
+            r"cannot create it: No such file or directory \(/proc/no-such-folder\)",
+        ),
+        (_not_writable, "you may not write there"),
+    ],
+    ids=["a file", "below a file", "missing parent that cannot be made", "not writable"],
+)
+def test_a_storage_dir_that_cannot_be_used_is_a_config_error_naming_it(tmp_path, monkeypatch, make, problem):
+    (tmp_path / "a-file").write_text("not a folder")
+    path = make(tmp_path, monkeypatch)
+    if str(path).startswith("/proc/") and not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc, where no folder can be made")
+    with pytest.raises(ConfigError, match=rf"local.storage_dir '{path}': {problem}; set local.storage_dir "
+                                          r"\(or PYWREN_LOCAL_STORAGE_DIR\) to a directory you can write"):
+        pw.executor(backend="local", local={"storage_dir": str(path)})
+
+
+def test_a_relative_storage_dir_reaches_the_workers_resolved(tmp_path, monkeypatch):
+    """Workers run in a scratch directory of their own: a relative path must not point them elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    with pw.executor(backend="local", local={"storage_dir": "jobs"}, progress=False, timeout=10, lost_grace=1) as ex:
+        assert ex.get_result(ex.map(abs, [-1, -2]), timeout=60) == [1, 2]
+    assert (tmp_path / "jobs").is_dir()

@@ -36,7 +36,7 @@ import pywren_core
 from pywren_core import harness, plugins, worker
 from pywren_core.backend import BackendInfo, ConfigField, Limits
 from pywren_core.config import user_cache_dir
-from pywren_core.errors import NotFoundError, StorageError
+from pywren_core.errors import ConfigError, NotFoundError, StorageError
 from pywren_core.hookspecs import hookimpl
 
 _TMP_PREFIX = ".pywren-tmp-"
@@ -112,10 +112,27 @@ class LocalSession:
 
 @hookimpl
 def pywren_connect(config: Mapping[str, Any], role: str) -> LocalSession:
-    root = os.path.abspath(os.path.expanduser(config["storage_dir"]))
-    os.makedirs(root, exist_ok=True)
-    session = LocalSession(root, config["workers"] or os.cpu_count() or 1)
-    return session
+    return LocalSession(_storage_root(config["storage_dir"]), config["workers"] or os.cpu_count() or 1)
+
+
+def _storage_root(storage_dir: str) -> str:
+    """``local.storage_dir`` as an absolute path to a directory this process can write, made if
+    missing; else a ConfigError naming the setting and the path."""
+    root = os.path.abspath(os.path.expanduser(storage_dir))
+    try:
+        os.makedirs(root, exist_ok=True)
+        problem = None if os.access(root, os.W_OK | os.X_OK) else "you may not write there"
+    except FileExistsError:
+        problem = "it exists and is not a directory"
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != root else ""
+        problem = f"cannot create it: {exc.strerror}{where}"
+    if problem:
+        raise ConfigError(
+            f"local.storage_dir {storage_dir!r}: {problem}; set local.storage_dir (or "
+            f"PYWREN_LOCAL_STORAGE_DIR) to a directory you can write, or unset it for the default"
+        )
+    return root
 
 
 def _path(session: LocalSession, key: str) -> str:
@@ -214,7 +231,9 @@ def pywren_storage_delete(session: LocalSession, keys: Sequence[str]) -> None:
 
 @hookimpl
 def pywren_invoke(session: LocalSession, payload: Mapping[str, Any]) -> None:
-    WorkerPool.shared(session.workers).submit(dict(payload))
+    # The workers run in a scratch directory: a relative storage_dir reaches them resolved.
+    config = {**payload["config"], "storage_dir": session.root}
+    WorkerPool.shared(session.workers).submit({**payload, "config": config})
 
 
 @hookimpl
