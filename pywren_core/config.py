@@ -2,8 +2,9 @@
 
 The file is the first of ``$PYWREN_CONFIG_FILE``, ``./.pywren_config``, ``~/.pywren_config``. With
 no file at all, ``backend: local`` runs. Top-level settings may be set as ``PYWREN_<NAME>``
-(``PYWREN_BACKEND=gcp``) and backend settings as ``PYWREN_<BACKEND>_<KEY>`` (``PYWREN_GCP_BUCKET``).
-Every error names the key and where its value came from.
+(``PYWREN_BACKEND=gcp``) and backend settings as ``PYWREN_<BACKEND>_<KEY>`` (``PYWREN_GCP_BUCKET``);
+any other ``PYWREN_*`` variable is an error unless :data:`OTHER_VARIABLES` lists it or an installed
+plugin owns it (``PYWREN_<PLUGIN>_...``). Every error names the key and where its value came from.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from pywren_core.backend import REQUIRED, BackendInfo
 from pywren_core.errors import ConfigError
 
 FILE_ENV = "PYWREN_CONFIG_FILE"
-_NOT_SETTINGS = {FILE_ENV, "PYWREN_LOAD_PLUGINS", "PYWREN_DISABLE_PLUGINS"}
+#: ``PYWREN_*`` variables that are not settings, and what reads each. Any other ``PYWREN_*``
+#: variable must be a setting (``PYWREN_<NAME>``, ``PYWREN_<BACKEND>_<KEY>``) or belong to an
+#: installed plugin (``PYWREN_<PLUGIN>_...``, e.g. a wrapper's own); else it is an error, like an
+#: unknown key in the file, so a misspelt one is never silently ignored.
+OTHER_VARIABLES = {
+    FILE_ENV: "the config file to read",
+    "PYWREN_LOAD_PLUGINS": "the only plugins to load",
+    "PYWREN_DISABLE_PLUGINS": "plugins not to load",
+    "PYWREN_PAYLOAD_KEY": "a deployed function's payload key, read by its workers",
+    "PYWREN_AZURITE_DIR": "where pywren-azure's tests keep Azurite",
+}
 MASK = "********"
 
 
@@ -69,9 +80,10 @@ class Config:
             if var.startswith(prefix):
                 field = info.field(var[len(prefix) :].lower())
                 if field is None:
+                    key, known = var[len(prefix) :].lower(), [f.name for f in info.config]
                     raise ConfigError(
-                        f"environment {var}: {name} has no setting {var[len(prefix) :].lower()!r}"
-                        f"; its settings: {', '.join(f.name for f in info.config) or 'none'}"
+                        f"environment {var}: {name} has no setting {key!r}{_did_you_mean(key, known)}"
+                        f"; its settings: {', '.join(known) or 'none'}"
                     )
                 key = f"{name}.{field.name}"
                 if key not in sources or sources[key].startswith("file"):
@@ -121,6 +133,34 @@ class Config:
 def _did_you_mean(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_environment(settings: Mapping[str, Any], section_names: set[str]) -> None:
+    """Raise for a ``PYWREN_*`` variable that is no setting, no other known variable, and no plugin's."""
+    known = sorted({f"PYWREN_{key.upper()}" for key in settings} | set(OTHER_VARIABLES))
+    unknown = [
+        var
+        for var in os.environ
+        if var.startswith("PYWREN_")
+        and var not in known
+        and not var.startswith(tuple(f"PYWREN_{name.upper()}_" for name in section_names))
+    ]
+    if not unknown:
+        return
+    from pywren_core.plugins import plugin_names  # every installed plugin's name, enabled or not
+
+    owned = tuple(f"PYWREN_{name.upper()}_" for name in plugin_names())
+    for var in sorted(unknown):
+        if var.startswith(owned):
+            continue
+        rest = var[len("PYWREN_") :].partition("_")[2]  # PYWREN_LOACL_WORKERS: a misspelt backend
+        candidates = known + [f"PYWREN_{name.upper()}_{rest}" for name in sorted(section_names) if rest]
+        close = difflib.get_close_matches(var, candidates, n=1)
+        raise ConfigError(
+            f"environment {var}: unknown setting{f' (did you mean {close[0]}?)' if close else ''}; "
+            f"settings are PYWREN_<NAME> ({', '.join(sorted(settings))}) and PYWREN_<BACKEND>_<KEY> "
+            f"(backends: {', '.join(sorted(section_names))}); fix its name or unset it"
+        )
 
 
 def _looks_secret(key: str) -> bool:
@@ -214,9 +254,10 @@ def load(config: Mapping[str, Any] | None = None, **overrides: Any) -> Config:
     path = config_file()
     if path is not None:
         merge(_read_file(path), f"file {path}")
+    _check_environment(settings, section_names)
     for key, field in settings.items():
         var = f"PYWREN_{key.upper()}"
-        if var in os.environ and var not in _NOT_SETTINGS:
+        if var in os.environ:
             values[key] = _parse_env(os.environ[var], field.metadata["type"], var)
             sources[key] = f"environment {var}"
     if config is not None:

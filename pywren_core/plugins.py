@@ -106,6 +106,15 @@ def wrapper_entries() -> dict[str, PluginEntry]:
     return _entries(WRAPPER_GROUP, BUILTIN_WRAPPERS, "wrapper")
 
 
+def plugin_names() -> set[str]:
+    """The name of every installed plugin, backend or wrapper, enabled or not (a plugin's own
+    variables are ``PYWREN_<NAME>_...``), without importing any."""
+    names = set(BUILTIN_BACKENDS) | set(BUILTIN_WRAPPERS)
+    for group in (BACKEND_GROUP, WRAPPER_GROUP):
+        names.update(ep.name for ep in metadata.entry_points(group=group))
+    return names
+
+
 @functools.cache
 def _wrappers() -> tuple[tuple[str, Any], ...]:
     # A broken wrapper must not silently drop behaviour it promised (encryption, say): fail loudly.

@@ -112,3 +112,30 @@ def test_secrets_are_masked():
     assert shown["fixture"]["token"] == config.MASK
     assert shown["aws"]["secret_key"] == config.MASK
     assert "s3cr3t-value" not in repr(shown)
+
+
+@pytest.mark.parametrize(
+    ("var", "meant"),
+    [("PYWREN_TIMOUT", "PYWREN_TIMEOUT"), ("PYWREN_LOACL_WORKERS", "PYWREN_LOCAL_WORKERS"),
+     ("PYWREN_CONFIG_FLE", "PYWREN_CONFIG_FILE")],
+)
+def test_unknown_environment_variable_is_an_error_like_an_unknown_key(monkeypatch, var, meant):
+    monkeypatch.setenv(var, "5")
+    with pytest.raises(ConfigError, match=rf"environment {var}: unknown setting \(did you mean {meant}\?\)"):
+        config.load()
+    with pytest.raises(ConfigError, match=var):
+        pw.executor()
+
+
+def test_pywren_variables_that_are_not_settings_are_accepted(tmp_path, monkeypatch):
+    """The core's own variables, backend settings of any installed or known backend, and a plugin's
+    own variables (PYWREN_<PLUGIN>_...), even while that plugin is disabled."""
+    monkeypatch.setenv("PYWREN_CONFIG_FILE", str(write(tmp_path / "c.yaml", "retries: 1\n")))
+    for var in ("PYWREN_PAYLOAD_KEY", "PYWREN_AZURITE_DIR", "PYWREN_AWS_BUCKET", "PYWREN_FIXTURE_STORE",
+                "PYWREN_COUNTING_FILE"):
+        monkeypatch.setenv(var, "x")
+    monkeypatch.setenv("PYWREN_DISABLE_PLUGINS", "counting")
+    assert config.load().retries == 1
+    monkeypatch.setenv("PYWREN_COUNTNG_FILE", "x")
+    with pytest.raises(ConfigError, match="PYWREN_COUNTNG_FILE: unknown setting"):
+        config.load()
