@@ -202,6 +202,21 @@ def _lifecycle(args: argparse.Namespace, action: str) -> int:
     return 0
 
 
+def positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number of ``kind`` above 0, else a usage error that says so."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not value > 0:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pywren", description="Run map(f, items) on serverless functions.")
     parser.add_argument("--version", action="version", version=f"pywren-core {__version__}")
@@ -219,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("config", cmd_config, "check and show the effective config (secrets masked)")
     test = command("test", cmd_test, "run a hello-world map on the configured backend")
-    test.add_argument("--calls", type=int, default=10)
-    test.add_argument("--timeout", type=float, default=300)
+    test.add_argument("--calls", type=positive(int), default=10, help="calls to run (default: 10)")
+    test.add_argument("--timeout", type=positive(float), default=300, help="seconds to wait for them (default: 300)")
     clean = command("clean", cmd_clean, "delete the storage objects of a job or an executor")
     clean.add_argument("target", nargs="?", help="EXECUTOR_ID or EXECUTOR_ID/JOB_ID")
     clean.add_argument("--all", action="store_true", help="every job's objects")

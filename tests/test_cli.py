@@ -78,3 +78,35 @@ def test_commands_that_invoke_nothing_start_no_workers(pywren_config, monkeypatc
     assert main(["clean", job]) == 0
     assert main(["deploy"]) == 0 and "nothing to deploy" in capsys.readouterr().out
     assert 3 not in WorkerPool._shared
+
+
+def test_numeric_options_refuse_counts_that_are_not_positive(capsys):
+    """``pywren test --calls -5`` once ran nothing and printed "0 calls on 0 workers"."""
+    import pytest
+
+    from pywren_core.cli import main
+
+    for argv, message in [
+        (["test", "--calls", "-5"], "argument --calls: must be more than 0, not -5"),
+        (["test", "--calls", "0"], "argument --calls: must be more than 0, not 0"),
+        (["test", "--calls", "2.5"], "argument --calls: '2.5' is not an integer"),
+        (["test", "--timeout", "-1"], "argument --timeout: must be more than 0, not -1"),
+        (["test", "--timeout", "nan"], "argument --timeout: must be more than 0, not nan"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_bench_parameters_must_be_positive_numbers(tmp_path, capsys):
+    from pywren_core.cli import main
+
+    for setting, message in [
+        ("throughput.calls=0", "throughput.calls=0: must be an integer above 0, like the preset's 1000"),
+        ("latency.burst=-3", "latency.burst=-3: must be an integer above 0"),
+        ("latency.burst=many", "latency.burst='many': must be an integer above 0"),
+        ("latency.sequential=2.5", "latency.sequential=2.5: must be an integer above 0"),
+    ]:
+        assert main(["bench", "run", "--suite", "quick", "--set", setting, "-o", str(tmp_path / "run.json")]) == 1
+        assert message in capsys.readouterr().err, setting
+    assert not (tmp_path / "run.json").exists()

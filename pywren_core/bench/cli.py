@@ -74,6 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     unknown = set(overrides) - set(workloads.SUITES[args.suite])
     if unknown:
         raise ConfigError(f"--set names {', '.join(sorted(unknown))}, not in suite {args.suite!r}")
+    for name in workloads.SUITES[args.suite]:  # a bad value is refused before anything starts
+        workloads.WORKLOADS[name].params(args.size, overrides.get(name))
     ex = pw.executor(**({"backend": args.backend} if args.backend else {}))
     show = ex.config.progress and sys.stderr.isatty()
     try:

@@ -243,6 +243,14 @@ class Workload:
             raise ConfigError(
                 f"workload {self.name!r} has no parameter {', '.join(sorted(unknown))}; it has {', '.join(params)}"
             )
+        for name, value in (overrides or {}).items():
+            integer = isinstance(params[name], int)
+            number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+            if not (number and value > 0):
+                raise ConfigError(
+                    f"workload parameter {self.name}.{name}={value!r}: must be {'an integer' if integer else 'a number'}"
+                    f" above 0, like the preset's {params[name]}"
+                )
         params.update(overrides or {})
         return params
 
