@@ -247,9 +247,10 @@ class Workload:
             integer = isinstance(params[name], int)
             number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
             if not (number and value > 0):
+                kind = "an integer" if integer else "a number"
                 raise ConfigError(
-                    f"workload parameter {self.name}.{name}={value!r}: must be {'an integer' if integer else 'a number'}"
-                    f" above 0, like the preset's {params[name]}"
+                    f"workload parameter {self.name}.{name}={value!r}: must be {kind} above 0, "
+                    f"like the preset's {params[name]}"
                 )
         params.update(overrides or {})
         return params
