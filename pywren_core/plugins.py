@@ -181,7 +181,10 @@ def load_backend(name: str) -> Backend:
 def missing_backend_message(name: str, entries: Mapping[str, PluginEntry]) -> str:
     message = f"backend {name!r} is not installed; installed backends: {', '.join(sorted(entries))}."
     if name in KNOWN_DISTRIBUTIONS:
-        message += f" To add it: pip install {KNOWN_DISTRIBUTIONS[name]}"
+        message += (
+            f" To add it: pip install {KNOWN_DISTRIBUTIONS[name]} (from the package index), or"
+            f" pip install ./plugins/pywren_{name} (from a clone of the pywren repository)."
+        )
     if not _allowed(name):
         message += " (it may be installed but disabled by PYWREN_LOAD_PLUGINS / PYWREN_DISABLE_PLUGINS)"
     return message

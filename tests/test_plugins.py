@@ -54,7 +54,8 @@ def test_unknown_backend_lists_installed_and_install_line():
     message = str(info.value)
     assert "backend 'gcp' is not installed" in message
     assert "local" in message and "fixture" in message
-    assert "pip install pywren-gcp" in message
+    assert "pip install pywren-gcp (from the package index)" in message
+    assert "pip install ./plugins/pywren_gcp (from a clone of the pywren repository)" in message
 
 
 def test_load_plugins_env_limits_entry_points(monkeypatch):
