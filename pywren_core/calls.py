@@ -19,6 +19,7 @@ times for people.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -57,6 +58,17 @@ TRANSITIONS: dict[tuple[State, State], str] = {
     (RUNNING, CANCELLED): "cancelled while running: the platform is asked to stop it",
     (RUNNING, NEW): "its worker died, timed out or was lost: retried with the next attempt",
 }
+
+#: One INFO record for every run or invocation beyond the first (a retry, a backup, a lost answer,
+#: a redelivery), with ``pywren_event`` and ``pywren_call`` attributes: how a user (with
+#: ``logging.basicConfig(level=logging.INFO)``) or the conformance kit sees every extra run.
+log = logging.getLogger("pywren_core.calls")
+
+
+def _extra_work(call: Call, event: str, message: str) -> None:
+    name = f"{call.job.keys.job_id}/{call.call_id}"
+    log.info("call %s: %s", name, message, extra={"pywren_event": event, "pywren_call": name})
+
 
 #: Outcomes that mean the call never ran to an answer: worth another attempt.
 RETRYABLE = {"died": WorkerDiedError, "timeout": CallTimeoutError, "error": CallFailedError}
@@ -195,6 +207,8 @@ class CallTracker:
             for call in calls:
                 stats = call.future.stats
                 stats["ambiguous_invokes"] = stats.get("ambiguous_invokes", 0) + 1
+                lost = f"the answer to an invocation of attempt {call.attempt} was lost: it may run twice"
+                _extra_work(call, "ambiguous", lost)
 
     def invoke_failed(self, calls: Iterable[Call], attempt_of: dict[str, int], error: BaseException) -> None:
         """The platform refused the invocation for good: the calls fail with ``error``."""
@@ -222,7 +236,10 @@ class CallTracker:
             if call.state is NEW:  # the report beat the invoker's note that the platform accepted it
                 self._move(call, INVOKED)
             stats = call.future.stats
-            stats["runs"] = stats.get("runs", 0) + max(1, int(outcome.stats.get("delivery") or 1))
+            delivery = max(1, int(outcome.stats.get("delivery") or 1))
+            stats["runs"] = stats.get("runs", 0) + delivery
+            if delivery > 1:
+                _extra_work(call, "redelivered", f"attempt {attempt} was delivered {delivery} times")
             if outcome.kind in ("success", "exception"):
                 call.job.last_progress = time.monotonic()
             if outcome.kind not in ("success", "exception") and call.live - {attempt}:
@@ -261,6 +278,7 @@ class CallTracker:
             if call.settled or len(call.live) > 1:
                 return
             call.future.stats["speculated"] = True
+            _extra_work(call, "speculated", f"a straggler: invoking a backup of attempt {call.attempt}")
             self._next_attempt(call, keep_running=True)
             effects = [lambda: self._reinvoke(call.job, [call])]
         _run(effects)
@@ -340,6 +358,7 @@ class CallTracker:
     def _failed_attempt(self, call: Call, outcome: Outcome) -> list[Effect]:
         """An attempt that never ran to an answer: retry it while retries last, else fail the call."""
         if outcome.kind in RETRYABLE and call.attempt < self.retries and not call.job.attached:
+            _extra_work(call, "retried", f"attempt {call.attempt} ended {outcome.kind!r} ({outcome.error}): retrying")
             self._next_attempt(call, keep_running=False)
             return [lambda: self._reinvoke(call.job, [call])]
         error = outcome.error or FAILURES.get(outcome.kind, CallFailedError)(

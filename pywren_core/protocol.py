@@ -40,6 +40,16 @@ _DIGEST = hashlib.sha256().digest_size
 #: The environment variable that holds a deployed function's payload key (see :func:`seal`).
 PAYLOAD_KEY_ENV = "PYWREN_PAYLOAD_KEY"
 _NONCE = 16
+#: Every key of an invoke payload (``docs/writing-a-backend.md`` says what each holds). A handler
+#: passes the payload to ``pywren_core.harness.serve`` as it came, whatever its transport.
+PAYLOAD_KEYS = frozenset(
+    {
+        "protocol", "backend", "config", "executor_id", "job_id", "func_key", "secret", "sealed_secret",
+        "timeout", "python", "core_version", "result_inline_max", "faults", "calls",
+    }
+)  # fmt: skip
+#: The keys of each entry of ``payload["calls"]``.
+PAYLOAD_CALL_KEYS = frozenset({"call_id", "attempt", "args"})
 
 
 def python_version() -> str:

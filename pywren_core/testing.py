@@ -16,12 +16,23 @@ Class attributes size the tests for slower backends (``large_object_bytes``, ``m
 The kit's tests run isolated from the machine's pywren setup (see :func:`isolated_pywren`); a
 ``conftest.py`` that imports ``isolated_pywren`` isolates every other test of the suite too.
 :class:`LocalServer` runs the emulators a cloud backend's tests need on 127.0.0.1.
+
+The kit is strict: on a fault-free run every call must succeed on its first attempt and run once,
+every invocation must be answered (a throttle is an answer), and the core must have nothing to
+recover from (see :class:`StrictWatch`). The core's retries would hide a broken backend from its
+users; the kit exposes it instead. And no kit test hangs: each has a bound (``kit_bound``), past
+which it fails with what it was waiting for.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import gc
+import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -40,9 +51,9 @@ import pywren_core as pw
 from pywren_core import config as config_module
 from pywren_core import plugins
 from pywren_core.backend import Session
-from pywren_core.errors import CallTimeoutError, NotFoundError, SerializationError
+from pywren_core.errors import CallTimeoutError, NotFoundError, SerializationError, ThrottledError
 from pywren_core.plugins import load_backend
-from pywren_core.protocol import new_id
+from pywren_core.protocol import PAYLOAD_CALL_KEYS, PAYLOAD_KEYS, new_id
 
 
 def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
@@ -71,12 +82,125 @@ def isolated_pywren(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     yield from _isolate(monkeypatch, tmp_path_factory)
 
 
+class KitTimeout(AssertionError):
+    """A kit test ran past its bound: the backend hangs where it should answer or fail."""
+
+
+@contextlib.contextmanager
+def _bounded(seconds: float, what: str) -> Iterator[None]:
+    """Fail the test (in the main thread) once ``seconds`` have passed, instead of hanging. Where
+    signals are unavailable (another thread, Windows), the kit's own bounded waits still apply."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 60.0)  # the teardown that follows gets a bound too
+        raise KitTimeout(f"{what} did not finish within {seconds:.0f} s: the backend hangs (see the traceback)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class _Isolated:
+    #: Seconds one kit test (with its fixtures) may take before it fails as hanging.
+    kit_bound = 180.0
+
     @pytest.fixture(autouse=True)
     def isolated_pywren(
-        self, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+        self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
     ) -> Iterator[None]:
-        yield from _isolate(monkeypatch, tmp_path_factory)
+        with _bounded(self.kit_bound, request.node.nodeid):
+            yield from _isolate(monkeypatch, tmp_path_factory)
+
+
+class StrictWatch(logging.Handler):
+    """Watches one kit test for what a fault-free run must not see.
+
+    Pass it as a wrapper (``pw.executor(config, wrappers=[watch])``) and it records every
+    invocation: a call invoked twice, an invocation that raised (other than a throttle, which is
+    an answer), a payload with keys the docs do not list, a secret config value inside a payload.
+    As a log handler on ``pywren_core`` it records every warning of the core and every extra run
+    the call tracker reports (retries, backups, lost answers, redeliveries). :meth:`check` fails
+    with all of it, naming the calls.
+    """
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        super().__init__(logging.INFO)
+        self.secrets = [s for s in secrets if s]
+        self.invocations: collections.Counter[str] = collections.Counter()
+        self.throttles = 0
+        self.problems: list[str] = []
+        self._lock = threading.Lock()
+
+    def _problem(self, text: str) -> None:
+        with self._lock:
+            if len(self.problems) < 50:
+                self.problems.append(text)
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_invoke(self, session: Any, payload: dict[str, Any]) -> Any:
+        names = [f"{payload['executor_id']}/{payload['job_id']}/{c['call_id']}" for c in payload["calls"]]
+        unknown = set(payload) - PAYLOAD_KEYS
+        unknown_call_keys = {k for c in payload["calls"] for k in c} - PAYLOAD_CALL_KEYS
+        if unknown or unknown_call_keys:
+            self._problem(f"payload keys not in the documented set: {sorted(unknown | unknown_call_keys)}")
+        text = repr(payload)
+        if any(secret in text for secret in self.secrets):
+            self._problem(f"a secret config value travels in the payload of {names[0]}")
+        try:
+            result = yield
+        except ThrottledError:
+            with self._lock:
+                self.throttles += 1
+            raise
+        except BaseException as exc:
+            self._problem(f"invoking {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} raised "
+                          f"{type(exc).__name__}: {exc}")
+            raise
+        with self._lock:
+            self.invocations.update(names)
+        return result
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING or hasattr(record, "pywren_event"):
+            self._problem(f"{record.levelname.lower()} from {record.name}: {record.getMessage()}")
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[StrictWatch]:
+        """Record the core's log while the block runs."""
+        logger = logging.getLogger("pywren_core")
+        level = logger.level
+        logger.setLevel(min(level or logging.WARNING, logging.INFO))
+        logger.addHandler(self)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+
+    def check(self, futures: Sequence[Any] = ()) -> None:
+        """Fail with everything a fault-free run should not have shown, ``futures``' stats included."""
+        problems = list(self.problems)
+        twice = sorted(name for name, count in self.invocations.items() if count > 1)
+        if twice:
+            problems.append(f"{len(twice)} calls invoked more than once: {', '.join(twice[:5])}")
+        for f in futures:
+            stats = f.stats
+            if stats.get("attempts", 1) != 1 or stats.get("runs", 1) != 1 or stats.get("ambiguous_invokes"):
+                problems.append(
+                    f"call {f.job_id}/{f.call_id}: {stats.get('attempts', 1)} attempts, {stats.get('runs', 1)} runs, "
+                    f"{stats.get('ambiguous_invokes', 0)} lost answers (expected 1, 1, 0)"
+                )
+        assert not problems, (
+            "on a fault-free run the backend made the core recover (every call should succeed on its "
+            "first attempt, run once, and every invocation be answered):\n  " + "\n  ".join(problems[:20])
+        )
 
 
 def open_session(pywren_config: dict[str, Any]) -> Session:
@@ -93,6 +217,8 @@ class StorageConformance(_Isolated):
     large_object_bytes = 20 * 2**20
     #: More than one page of a typical list API (1,000 keys).
     many_keys = 1050
+    #: Overwrites a reader races in the atomic-put test.
+    atomic_rounds = 20
 
     @pytest.fixture
     def storage(self, pywren_config: dict[str, Any]) -> Iterator[Session]:
@@ -109,7 +235,49 @@ class StorageConformance(_Isolated):
     def test_round_trip(self, storage: Session, prefix: str) -> None:
         data = bytes(range(256)) * 3
         storage.put(prefix + "a", data)
-        assert storage.get(prefix + "a") == data
+        _assert_same_bytes(storage.get(prefix + "a"), data, "every byte value")
+
+    def test_every_byte_value_round_trips_in_a_large_object(self, storage: Session, prefix: str) -> None:
+        data = bytes(range(256)) * 2**12 + os.urandom(2**20)  # 2 MiB
+        storage.put(prefix + "bytes", data)
+        _assert_same_bytes(storage.get(prefix + "bytes"), data, "2 MiB of every byte value")
+
+    @pytest.mark.parametrize("size", [1024, 8 * 2**20], ids=["1KiB", "8MiB"])
+    def test_put_is_atomic_for_readers(self, storage: Session, prefix: str, size: int) -> None:
+        """A reader racing overwrites only ever sees a whole version, old or new, never a part. A
+        read may fail instead (moto's S3 notices the race by checksum); it must never return a mix."""
+        versions = [bytes([i]) * size for i in range(1, 5)]
+        key = prefix + "atomic"
+        storage.put(key, versions[0])
+        seen: collections.Counter[str] = collections.Counter()
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                try:
+                    data = storage.get(key)
+                except NotFoundError:
+                    seen["missing"] += 1
+                    continue
+                except Exception:  # refusing to read is not seeing a part
+                    seen["failed reads"] += 1
+                    continue
+                seen["whole" if data in versions else f"a part: {len(data)} bytes, {set(data[:64])!r}..."] += 1
+
+        readers = [threading.Thread(target=read, daemon=True) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        try:
+            for round_ in range(self.atomic_rounds):
+                storage.put(key, versions[round_ % len(versions)])
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(60)
+        torn = {what: n for what, n in seen.items() if what not in ("whole", "failed reads")}
+        whole = seen["whole"]
+        assert not torn, f"readers racing {self.atomic_rounds} overwrites of {size} bytes saw {torn} ({whole} whole)"
+        assert seen["whole"], "the readers never read the object"
 
     def test_empty_object(self, storage: Session, prefix: str) -> None:
         storage.put(prefix + "empty", b"")
@@ -145,7 +313,7 @@ class StorageConformance(_Isolated):
     def test_list_follows_every_page(self, storage: Session, prefix: str) -> None:
         keys = [f"{prefix}many/{i:05d}" for i in range(self.many_keys)]
         _parallel(lambda k: storage.put(k, b"x"), keys)
-        assert sorted(storage.list(prefix + "many/")) == keys
+        _assert_listed_once(storage.list(prefix + "many/"), keys)
 
     def test_delete_is_idempotent(self, storage: Session, prefix: str) -> None:
         storage.put(prefix + "d", b"x")
@@ -159,14 +327,40 @@ class StorageConformance(_Isolated):
         keys = [f"{prefix}del/{i:05d}" for i in range(self.many_keys)]
         _parallel(lambda k: storage.put(k, b"x"), keys)
         storage.delete(keys)
-        assert storage.list(prefix + "del/") == []
+        left = storage.list(prefix + "del/")
+        assert left == [], f"{len(left)} of {len(keys)} deleted keys are still listed, e.g. {left[:3]}"
 
     def test_large_object(self, storage: Session, prefix: str) -> None:
         data = os.urandom(self.large_object_bytes)
         storage.put(prefix + "big", data)
-        assert storage.get(prefix + "big") == data
+        _assert_same_bytes(storage.get(prefix + "big"), data, f"a {len(data)}-byte object")
         middle = self.large_object_bytes // 2
-        assert storage.get(prefix + "big", (middle, middle + 1000)) == data[middle : middle + 1000]
+        part = storage.get(prefix + "big", (middle, middle + 1000))
+        _assert_same_bytes(part, data[middle : middle + 1000], f"bytes {middle}-{middle + 1000} of it")
+
+
+def _assert_same_bytes(got: Any, expected: bytes, what: str) -> None:
+    if got == expected:
+        return
+    if not isinstance(got, bytes):
+        raise AssertionError(f"{what}: get returned {type(got).__name__}, not bytes: {got!r:.80}")
+    shorter = min(len(got), len(expected))
+    differs = next((i for i in range(shorter) if got[i] != expected[i]), shorter)
+    raise AssertionError(
+        f"{what}: read back {len(got)} bytes, wrote {len(expected)}; first difference at byte {differs}: "
+        f"read {got[differs:differs + 16]!r}, wrote {expected[differs:differs + 16]!r}"
+    )
+
+
+def _assert_listed_once(listed: Sequence[str], expected: Sequence[str]) -> None:
+    counts = collections.Counter(listed)
+    missing = sorted(set(expected) - set(counts))
+    extra = sorted(set(counts) - set(expected))
+    repeated = sorted(k for k, n in counts.items() if n > 1)
+    assert not (missing or extra or repeated), (
+        f"listing gave {len(listed)} keys for {len(expected)} stored: {len(missing)} missing (e.g. {missing[:3]}), "
+        f"{len(repeated)} listed more than once (e.g. {repeated[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})"
+    )
 
     def test_unusual_key_characters(self, storage: Session, prefix: str) -> None:
         key = prefix + "spaces and+plus=équals/ü.pickle"
@@ -258,67 +452,117 @@ def files_in_workdir(name: str) -> list[str]:
 
 
 class ExecutorConformance(_Isolated):
-    """End-to-end behaviour: the same map, errors, timeouts and retries on every backend."""
+    """End-to-end behaviour: the same map, errors, timeouts and retries on every backend, strictly:
+    a call retried, run twice or lost on a fault-free run fails the test (see :class:`StrictWatch`)."""
 
     map_size = 50
+    #: Per-call timeout of the kit's executors: a call the backend loses fails after this and
+    #: ``lost_grace``, not after the platform's time limit. Must be above the backend's cold start.
+    call_timeout = 30.0
     #: Per-call timeout for the timeout and retry tests; must be above the backend's cold start.
     short_timeout = 3.0
     #: Seconds a silent call may stay past its timeout before it counts as lost, in these tests.
     lost_grace = 10.0
+    kit_bound = 240.0
+    #: Rounds of the lifecycle test, and how long what a closed session started may take to end.
+    lifecycle_rounds = 3
+    lifecycle_grace = 10.0
 
     @pytest.fixture
-    def executor(self, pywren_config: dict[str, Any]) -> Iterator[pw.Executor]:
-        ex = pw.executor(pywren_config, progress=False)
+    def watch(self, pywren_config: dict[str, Any]) -> Iterator[StrictWatch]:
+        watch = StrictWatch(_secret_values(pywren_config))
+        with watch.watching():
+            yield watch
+        watch.check()
+
+    @pytest.fixture
+    def executor(self, pywren_config: dict[str, Any], watch: StrictWatch) -> Iterator[pw.Executor]:
+        ex = self.strict_executor(pywren_config, watch)
         yield ex
         ex.shutdown()  # waits, cleans up, and closes the session (the pywren_close hook)
+
+    def strict_executor(self, pywren_config: dict[str, Any], watch: StrictWatch) -> pw.Executor:
+        """An executor whose lost calls fail soon (``call_timeout``) and are not retried."""
+        self._watch = watch
+        settings = {"progress": False, "timeout": self.call_timeout, "lost_grace": self.lost_grace, "retries": 0}
+        return pw.executor(pywren_config, wrappers=[watch], **settings)
 
     def short_executor(self, pywren_config: dict[str, Any], **overrides: Any) -> pw.Executor:
         settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, **overrides}
         return pw.executor(pywren_config, **settings)
 
+    def wait_bound(self, executor: pw.Executor, calls: int) -> float:
+        """How long ``calls`` calls may take, from the backend's concurrency and the kit's timeouts."""
+        waves = -(-calls // max(1, executor.info.limits.max_concurrency))
+        return waves * self.call_timeout + self.lost_grace + 30.0
+
+    def results(self, executor: pw.Executor, futures: Sequence[Any]) -> list[Any]:
+        """The futures' results, once each succeeded on its first attempt and ran once; otherwise
+        a failure that says what happened to each call that did not."""
+        bound = self.wait_bound(executor, len(futures))
+        done, not_done = pw.wait(futures, timeout=bound)
+        problems = [f"{f.job_id}/{f.call_id}: no answer within {bound:.0f} s" for f in not_done]
+        problems += [f"{f.job_id}/{f.call_id}: {type(e).__name__}: {e}" for f in done if (e := f.exception())]
+        assert not problems, f"{len(problems)} of {len(futures)} calls did not succeed:\n  " + "\n  ".join(
+            problems[:10]
+        )
+        self._watch.check(futures)
+        return [f.result() for f in futures]
+
     def test_map_returns_results_in_order(self, executor: pw.Executor) -> None:
         futures = executor.map(square, range(self.map_size))
-        assert executor.get_result(futures) == [x * x for x in range(self.map_size)]
+        results = self.results(executor, futures)
+        wrong = [(i, r) for i, r in enumerate(results) if r != i * i]
+        assert not wrong, f"{len(wrong)} results wrong or out of order, e.g. (index, result) {wrong[:3]}"
         assert all(f.status == "success" for f in futures)
 
     def test_call_async_submit_and_extra_args(self, executor: pw.Executor) -> None:
-        assert executor.call_async(square, 7).result(timeout=60) == 49
-        assert executor.submit(add, 1, 2, z=3).result(timeout=60) == 6
-        assert executor.get_result(executor.map(add, [1, 2], extra_args=(10,))) == [11, 12]
+        assert self.results(executor, [executor.call_async(square, 7)]) == [49]
+        assert self.results(executor, [executor.submit(add, 1, 2, z=3)]) == [6]
+        assert self.results(executor, executor.map(add, [1, 2], extra_args=(10,))) == [11, 12]
 
     def test_chunked_map(self, executor: pw.Executor) -> None:
         futures = executor.map(square, range(20), chunksize=7)
-        assert executor.get_result(futures) == [x * x for x in range(20)]
+        assert self.results(executor, futures) == [x * x for x in range(20)]
 
     def test_remote_exception_keeps_type_and_traceback(self, executor: pw.Executor) -> None:
         future = executor.call_async(fail_with, "missing-thing")
         with pytest.raises(KeyError, match="missing-thing") as info:
-            future.result(timeout=60)
+            future.result(timeout=self.wait_bound(executor, 1))
         cause = info.value.__cause__
-        assert cause is not None and "fail_with" in str(cause) and "raise KeyError" in str(cause)
+        assert cause is not None and "fail_with" in str(cause) and "raise KeyError" in str(cause), (
+            f"the remote traceback should name the function and the line that raised; it is: {cause}"
+        )
         assert future.status == "error"
+        self._watch.check([future])
 
     def test_stats_and_output(self, executor: pw.Executor) -> None:
         future = executor.call_async(echo_and_print, 5)
-        assert future.result(timeout=60) == 5
+        assert self.results(executor, [future]) == [5]
         stats = future.stats
-        assert stats["submitted"] <= stats["invoked"] <= stats["start"] <= stats["end"] <= stats["done"]
+        order = ["submitted", "invoked", "start", "end", "done"]
+        assert [stats[k] for k in order] == sorted(stats[k] for k in order), (
+            f"stats times out of order: {({k: stats[k] for k in order})}"
+        )
         assert stats["worker_id"] and isinstance(stats["cold"], bool)
-        assert "hello from call 5" in future.stdout and "to stderr" in future.stderr
+        assert "hello from call 5" in future.stdout and "to stderr" in future.stderr, (
+            f"the call's output did not come back: stdout {future.stdout!r}, stderr {future.stderr!r}"
+        )
 
     def test_large_result_goes_through_storage(self, executor: pw.Executor) -> None:
-        assert executor.call_async(big_result, 2**20).result(timeout=60) == b"r" * 2**20
+        (result,) = self.results(executor, [executor.call_async(big_result, 2**20)])
+        _assert_same_bytes(result, b"r" * 2**20, "a 1 MiB result")
 
     def test_argument_larger_than_payload_limit(self, executor: pw.Executor) -> None:
         size = executor.info.limits.max_payload_bytes + 1024
         if size > 64 * 2**20:
             pytest.skip("payload limit too large to exceed in a test")
-        assert executor.call_async(payload_size, b"a" * size).result(timeout=120) == size
+        assert self.results(executor, [executor.call_async(payload_size, b"a" * size)]) == [size]
 
     def test_each_call_has_its_own_directory(self, executor: pw.Executor) -> None:
         names = [f"file-{i}" for i in range(8)]
-        listings = executor.get_result(executor.map(files_in_workdir, names))
-        assert listings == [[name] for name in names]
+        listings = self.results(executor, executor.map(files_in_workdir, names))
+        assert listings == [[name] for name in names], f"each call should see only its own file: {listings}"
 
     def test_unpicklable_argument_is_refused_before_invoking(self, executor: pw.Executor) -> None:
         import threading
@@ -357,10 +601,94 @@ class ExecutorConformance(_Isolated):
         sys.path.insert(0, str(tmp_path))
         try:
             module = __import__(module_name)
-            assert executor.get_result(executor.map(module.compute, [1, 2])) == [42, 43]
+            assert self.results(executor, executor.map(module.compute, [1, 2])) == [42, 43]
         finally:
             sys.path.remove(str(tmp_path))
             sys.modules.pop(module_name, None)
+
+    def test_info_name_is_the_entry_point_name(self, pywren_config: dict[str, Any]) -> None:
+        name = config_module.load(pywren_config).backend
+        info = load_backend(name).info
+        assert info.name == name, f"BackendInfo.name is {info.name!r}, but the entry point is named {name!r}"
+
+    def test_credentials_are_secret_fields(self, pywren_config: dict[str, Any]) -> None:
+        """A field that holds a credential is ``secret=True``: masked, and never sent to workers."""
+        info = load_backend(config_module.load(pywren_config).backend).info
+        looks_secret = re.compile(r"key|secret|token|password|passwd|credential|connection_string|sas", re.I)
+        plain = [f.name for f in info.config if looks_secret.search(f.name) and not f.secret]
+        assert not plain, f"config fields that look like credentials are not declared secret=True: {plain}"
+        secret_fields = {f.name for f in info.config if f.secret}
+        assert not secret_fields & set(info.public_config(dict.fromkeys(secret_fields, "x")))
+
+    def test_closing_leaves_no_threads_or_processes(self, pywren_config: dict[str, Any], watch: StrictWatch) -> None:
+        """Executors opened and shut down one after another (and one dropped without shutdown)
+        leave no more threads and child processes than the first one did: a backend may keep
+        one warm pool for the whole process, but nothing may pile up."""
+        before = _running()
+        after_first = None
+        for round_ in range(self.lifecycle_rounds):
+            ex = self.strict_executor(pywren_config, watch)
+            assert self.results(ex, ex.map(square, range(4))) == [0, 1, 4, 9]
+            if round_ < self.lifecycle_rounds - 1:
+                ex.shutdown()
+            else:
+                del ex  # dropped without shutdown: collected, its threads end, its session closes
+                gc.collect()
+            now = _settled(after_first, self.lifecycle_grace)
+            after_first = after_first or now
+        grown = {
+            kind: sorted((collections.Counter(now[kind]) - collections.Counter(after_first[kind])).elements())
+            for kind in now
+            if len(now[kind]) > len(after_first[kind])
+        }
+        assert not grown, (
+            f"{self.lifecycle_grace:.0f} s after the last of {self.lifecycle_rounds} executors closed, more "
+            f"is running than after the first: {grown} (before any: {len(before['threads'])} threads, "
+            f"{len(before['processes'])} child processes; after the first: {len(after_first['threads'])}, "
+            f"{len(after_first['processes'])})"
+        )
+
+
+def _secret_values(pywren_config: Mapping[str, Any]) -> list[str]:
+    """The values of the config's secret fields, which must never travel in a payload."""
+    name = pywren_config.get("backend", "local")
+    section = pywren_config.get(name) or {}
+    info = load_backend(name).info
+    return [str(section[f.name]) for f in info.config if f.secret and section.get(f.name)]
+
+
+def _running() -> dict[str, list[str]]:
+    """This process's threads, and its child processes (Linux only; none elsewhere)."""
+    threads = [t.name for t in threading.enumerate()]
+    processes = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == str(os.getpid()) and fields[0] != "Z":
+            try:
+                command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                command = ""
+            processes.append(f"{stat.parent.name}: {command.strip()[:100]}")
+    return {"threads": threads, "processes": processes}
+
+
+def _settled(baseline: dict[str, list[str]] | None, grace: float) -> dict[str, list[str]]:
+    """What is running once it is no more than ``baseline`` (or ``grace`` seconds have passed);
+    without a baseline, after a second, for what just shut down to end."""
+    started = time.monotonic()
+    while True:
+        now = _running()
+        waited = time.monotonic() - started
+        if baseline is None:
+            if waited >= 1.0:
+                return now
+        elif all(len(now[kind]) <= len(baseline[kind]) for kind in now) or waited > grace:
+            return now
+        time.sleep(0.1)
 
 
 class FaultConformance(_Isolated):
@@ -379,6 +707,7 @@ class FaultConformance(_Isolated):
     interrupt_bound = 10.0
     #: Seconds within which a call that crashed its interpreter must be reported as died.
     crash_notice_bound = 10.0
+    kit_bound = map_deadline + 120.0
 
     def run_under(self, pywren_config: dict[str, Any], faults: dict[str, Any], **overrides: Any) -> tuple[Any, list]:
         settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, "retries": 3}
@@ -544,6 +873,8 @@ class BenchConformance(_Isolated):
         "compute": {"calls": 2, "n": 64, "loops": 1},
         "throughput": {"calls": 20},
     }
+
+    kit_bound = 300.0
 
     def test_standard_suite_runs(self, pywren_config: dict[str, Any], tmp_path: Any) -> None:
         from pywren_core.bench import results, workloads

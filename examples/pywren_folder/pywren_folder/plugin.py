@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
@@ -158,6 +159,21 @@ def pywren_invoke(session: FolderSession, payload: Mapping[str, Any]) -> None:
         # The process starts in the invocations folder, so it cannot import the user's own files.
         command = [sys.executable, "-m", "pywren_folder.handler", path]
         session.running.append(subprocess.Popen(command, cwd=session.invocations, stdin=subprocess.DEVNULL))
+
+
+@hookimpl
+def pywren_close(session: FolderSession) -> None:
+    # The executor shuts down once its calls are over: give their processes a moment to exit, then
+    # stop any still running (cancelled calls), so nothing this session started outlives it.
+    with session.lock:
+        running, session.running = session.running, []
+    give_up = time.monotonic() + 5  # for all of them together
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, give_up - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # --8<-- [end:invoke]
