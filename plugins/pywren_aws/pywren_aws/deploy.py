@@ -1,4 +1,4 @@
-"""``pywren deploy`` / ``pywren remove`` for AWS: the function's zip package, and the Lambda API calls.
+"""``pywren deploy`` / ``pywren remove`` for AWS: the bucket, the function's zip package, and the Lambda API calls.
 
 The package holds pywren-core, pywren-aws and their pure-Python dependencies, copied from the
 client's own environment: the worker refuses a client whose Python or pywren-core version differs,
@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pywren_core.errors import ConfigError, PywrenError
+from pywren_core.errors import ConfigError, NotFoundError, PywrenError
 
 from pywren_aws.errors import mapped
 from pywren_aws.plugin import HANDLER, AwsSession
@@ -124,12 +124,35 @@ def build_zip() -> bytes:
     return data
 
 
+def ensure_bucket(session: AwsSession) -> str:
+    """Create the job bucket in the session's region if it is missing; say so, or return ''.
+
+    A bucket that exists but cannot be looked up (another account's, or no ``s3:ListBucket``) is an
+    ``AccessDeniedError``, never a second bucket.
+    """
+    s3, bucket = session.s3, session.bucket
+    try:
+        with mapped(f"looking up S3 bucket {bucket}"):
+            s3.head_bucket(Bucket=bucket)
+        return ""
+    except NotFoundError:
+        pass
+    region = s3.meta.region_name
+    # us-east-1 is the one region that refuses a LocationConstraint naming it.
+    where = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    with mapped(f"creating S3 bucket {bucket} in {region}", default=PywrenError):
+        s3.create_bucket(Bucket=bucket, **where)
+    return f"; created S3 bucket {bucket} in {region}"
+
+
 def deploy(session: AwsSession, config: Mapping[str, Any]) -> str:
-    """Create or update the function, wait until it can be invoked, and turn off Lambda's own retries."""
+    """Create the bucket if missing, create or update the function, wait until it can be invoked, and
+    turn off Lambda's own retries."""
     name = config["function_name"]
     if not config["role_arn"]:
         raise ConfigError("aws.role_arn: deploying needs the ARN of the IAM role the function runs as "
                           "(allowed to read and write the bucket)")
+    bucket = ensure_bucket(session)
     code = build_zip()
     client = session.control_client()
     settings = {"Role": config["role_arn"], "Handler": HANDLER, "Runtime": runtime(),
@@ -151,7 +174,7 @@ def deploy(session: AwsSession, config: Mapping[str, Any]) -> str:
         # The core retries failed calls itself; Lambda's two automatic retries would run them again.
         client.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0)
     return (f"{action} Lambda function {name} ({runtime()}, {config['architecture']}, {config['memory']} MB, "
-            f"{config['function_timeout']} s, package {len(code) / 2**20:.1f} MB)")
+            f"{config['function_timeout']} s, package {len(code) / 2**20:.1f} MB){bucket}")
 
 
 def remove(session: AwsSession, config: Mapping[str, Any]) -> str:

@@ -108,6 +108,24 @@ def test_deploy_creates_updates_and_removes_the_function(pywren_config: dict[str
     session.close()
 
 
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+def test_deploy_creates_a_missing_bucket_in_its_region(pywren_config: dict[str, Any], moto: LocalServer,
+                                                       moto_lambda: Any, role_arn: str, region: str) -> None:
+    """The first map needs the bucket: deploy makes it (us-east-1 refuses a LocationConstraint, others need one)."""
+    bucket = f"pywren-made-by-deploy-{region}"
+    aws = {**pywren_config["aws"], "bucket": bucket, "region": region, "function_name": f"pywren-{region}",
+           "role_arn": role_arn}
+    session = open_session({**pywren_config, "aws": aws})
+    assert session.deploy().endswith(f"; created S3 bucket {bucket} in {region}")
+    location = boto3.client("s3", endpoint_url=moto.url, region_name=region).get_bucket_location(Bucket=bucket)
+    assert location["LocationConstraint"] == (None if region == "us-east-1" else region)
+    assert "bucket" not in session.deploy()  # it exists now: nothing to say about it
+    session.put("pywren.jobs/probe", b"ok")
+    assert session.get("pywren.jobs/probe") == b"ok"
+    session.remove()
+    session.close()
+
+
 def test_deploy_needs_a_role(pywren_config: dict[str, Any], moto_lambda: Any) -> None:
     session = open_session(pywren_config)
     with pytest.raises(ConfigError, match="aws.role_arn"):
