@@ -304,7 +304,9 @@ def child_main(fd: int, preload: str) -> None:
         plugins.load_backend(preload)
     conn.send("ready")
     while True:
+        _idle.set()
         payload, deadline, delivery = payloads.get()
+        _idle.clear()
         try:
             statuses = worker.handle(payload, deadline=deadline, isolate_cwd=True, delivery=delivery)
             outcome: tuple[str, Any] = ("done", [_summary(s) for s in statuses])
@@ -313,12 +315,19 @@ def child_main(fd: int, preload: str) -> None:
         conn.send(outcome)
 
 
+#: Set while a worker process waits for its next payload: then its sessions may close as it exits.
+_idle = threading.Event()
+
+
 def _receive(conn: Connection, payloads: queue.SimpleQueue) -> None:
-    """Hand payloads to the main thread; exit the moment the parent is gone, even mid-call."""
+    """Hand payloads to the main thread; exit the moment the parent is gone, even mid-call (the
+    worker sessions are closed first when no call is running)."""
     while True:
         try:
             payloads.put(conn.recv())
         except (EOFError, OSError):
+            if _idle.is_set() and payloads.empty():
+                worker.close_sessions()
             os._exit(0)
 
 

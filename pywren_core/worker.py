@@ -160,6 +160,34 @@ def session_for(payload: dict[str, Any]) -> Session:
     return session
 
 
+#: Seconds a process's worker sessions get to close as it exits, before it exits anyway.
+CLOSE_WAIT = 5.0
+
+
+def close_sessions() -> None:
+    """Close this process's worker sessions (each plugin's ``pywren_close``, role ``"worker"``):
+    at interpreter exit, or when a harness worker process loses its handler while idle. A plugin
+    whose close hangs delays the exit by ``CLOSE_WAIT`` at most."""
+    with _state_lock:
+        sessions = list(_sessions.values())
+        _sessions.clear()
+
+    def close_all() -> None:
+        for session in sessions:
+            try:
+                session.close()
+            except Exception as exc:
+                log(f"closing the {session.name} worker session failed: {exc}")
+
+    if sessions:
+        closer = threading.Thread(target=close_all, name="pywren-close-sessions", daemon=True)
+        closer.start()
+        closer.join(CLOSE_WAIT)
+
+
+atexit.register(close_sessions)
+
+
 def handle(
     payload: dict[str, Any], *, deadline: float | None = None, isolate_cwd: bool = True, delivery: int | None = None
 ) -> list[dict[str, Any]]:

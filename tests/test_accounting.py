@@ -359,3 +359,37 @@ def ex_local(pywren_config):
     ex = pw.executor(pywren_config, progress=False)
     yield ex
     ex.shutdown()
+
+
+def test_worker_sessions_are_closed_when_the_worker_exits(tmp_path, monkeypatch):
+    """A worker process's sessions get their plugin's pywren_close (role "worker") as it exits,
+    and a close that hangs delays the exit by a bounded time only."""
+    from pywren_core import worker
+    from pywren_core.backend import Session
+
+    closed = []
+    real_close = Session.close
+
+    def recording_close(session):
+        closed.append(session.name)
+        if session.config.get("storage_dir", "").endswith("hangs"):
+            time.sleep(60)
+        real_close(session)
+
+    monkeypatch.setattr(Session, "close", recording_close)
+    from pywren_core import config as config_module
+    from pywren_core.plugins import load_backend
+
+    config = config_module.load({"backend": "local", "local": {"storage_dir": str(tmp_path)}})
+    payload = {"backend": "local", "config": config.backend_section(load_backend("local").info)}
+    first = worker.session_for(payload)
+    assert worker.session_for(payload) is first, "a worker process reuses its session"
+    worker.close_sessions()
+    assert closed == ["local"]
+    assert worker.session_for(payload) is not first, "a closed session is not handed out again"
+    monkeypatch.setattr(worker, "CLOSE_WAIT", 0.5)
+    payload["config"] = {**payload["config"], "storage_dir": str(tmp_path / "hangs")}
+    worker.session_for(payload)
+    started = time.monotonic()
+    worker.close_sessions()
+    assert time.monotonic() - started < 5 and closed == ["local", "local", "local"]
