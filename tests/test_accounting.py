@@ -367,6 +367,7 @@ def test_worker_sessions_are_closed_when_the_worker_exits(tmp_path, monkeypatch)
     from pywren_core import worker
     from pywren_core.backend import Session
 
+    worker.close_sessions()  # those earlier tests opened in this process
     closed = []
     real_close = Session.close
 
