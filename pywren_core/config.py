@@ -54,7 +54,9 @@ class Config:
     )
     retries: int = _setting(2, int, "re-invocations of a call whose worker died, timed out or was lost")
     chunksize: int = _setting(1, int, "calls per invocation in map()")
-    progress: bool = _setting(True, bool, "show a progress bar while waiting, on a terminal")
+    progress: bool = _setting(
+        True, bool, "progress bars while a large map submits and while waiting, on a terminal or in a notebook"
+    )
     cleanup: bool = _setting(True, bool, "delete a job's objects once all its results are collected")
     invoke_threads: int = _setting(64, int, "invocations in flight at once (capped by the backend's limit)")
     lost_grace: float = _setting(

@@ -95,6 +95,10 @@ INVOKE_PATIENCE = 60.0
 AMBIGUOUS_TRIES = 5
 #: Seconds the monitor gets to finish its round when the executor stops.
 STOP_TIMEOUT = 10.0
+#: A job whose submission takes longer than this shows a "submitting" bar (when progress is on),
+#: moved on every SUBMIT_BAR_STEP calls prepared.
+SUBMIT_BAR_DELAY = 0.5
+SUBMIT_BAR_STEP = 1000
 
 
 class Executor(concurrent.futures.Executor):
@@ -208,17 +212,7 @@ class Executor(concurrent.futures.Executor):
             raise SerializationError(
                 f"the function {func!r} cannot be pickled to send it to the workers: {exc}"
             ) from exc
-        blobs = []
-        for index, (args, kwargs) in enumerate(calls):
-            try:
-                data = serialize.dumps((args, kwargs))
-            except Exception as exc:
-                shown = repr(args[0] if len(args) == 1 and not kwargs else (args, kwargs))[:120]
-                raise SerializationError(f"the arguments of call {index} ({shown}) cannot be pickled: {exc}") from exc
-            blobs.append(data)
         width = max(5, len(str(len(calls) - 1)))
-        ids = [make_call_id(i, width) for i in range(len(calls))]
-        signed = [sign(secret, args_context(keys, cid), blob) for cid, blob in zip(ids, blobs, strict=True)]
         base_payload = {
             "protocol": PROTOCOL_VERSION,
             "backend": self.info.name,
@@ -235,25 +229,45 @@ class Executor(concurrent.futures.Executor):
         if self.faults is not None:
             base_payload["faults"] = attrs.asdict(self.faults.config)
         job = Job(keys, secret, base_payload, self.timeout)
+        # A large map takes seconds to prepare: the bar shows from SUBMIT_BAR_DELAY on.
+        bar = futures_module.progress_bar(len(calls), self._progress(), "submitting", SUBMIT_BAR_DELAY)
+        signed: list[bytes] = []
         futures = []
-        for cid in ids:
-            future = ResponseFuture(keys.executor_id, keys.job_id, cid)
-            call = Call(job, cid, future, {})
-            future._call = call
-            job.add(call)
-            futures.append(future)
-        # Storage first: a missing bucket fails here, before a manifest or an invocation exists.
-        self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
         try:
-            specs = self._arg_specs(keys, base_payload, signed, chunksize)
-            for call, spec in zip(job.calls.values(), specs, strict=True):
-                call.args = spec
-            manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
-        except BaseException:  # Ctrl-C included: nothing of a job that never started stays behind
-            delete_jobs(self.session, keys.prefix)
-            manifests.remove(keys)
-            raise
-        self._engine.start_job(job, chunksize)
+            for start in range(0, len(calls), SUBMIT_BAR_STEP):
+                for index in range(start, min(start + SUBMIT_BAR_STEP, len(calls))):
+                    args, kwargs = calls[index]
+                    try:
+                        data = serialize.dumps((args, kwargs))
+                    except Exception as exc:
+                        shown = repr(args[0] if len(args) == 1 and not kwargs else (args, kwargs))[:120]
+                        raise SerializationError(
+                            f"the arguments of call {index} ({shown}) cannot be pickled: {exc}"
+                        ) from exc
+                    cid = make_call_id(index, width)
+                    signed.append(sign(secret, args_context(keys, cid), data))
+                    future = ResponseFuture(keys.executor_id, keys.job_id, cid)
+                    call = Call(job, cid, future, {})
+                    future._call = call
+                    job.add(call)
+                    futures.append(future)
+                if bar is not None:
+                    bar.update(len(futures) - bar.n)
+            # Storage first: a missing bucket fails here, before a manifest or an invocation exists.
+            self.session.put(keys.func, sign(secret, func_context(keys), pickled_func))
+            try:
+                specs = self._arg_specs(keys, base_payload, signed, chunksize)
+                for call, spec in zip(job.calls.values(), specs, strict=True):
+                    call.args = spec
+                manifests.write(keys, secret, len(calls), self.info.name, self.timeout)
+            except BaseException:  # Ctrl-C included: nothing of a job that never started stays behind
+                delete_jobs(self.session, keys.prefix)
+                manifests.remove(keys)
+                raise
+            self._engine.start_job(job, chunksize)
+        finally:
+            if bar is not None:
+                bar.close()
         self._uncollected.update(dict.fromkeys(futures))
         return futures
 

@@ -100,13 +100,15 @@ class ResponseFuture(concurrent.futures.Future):
         return f"<ResponseFuture {self.job_id}/{self.call_id} {self.status}>"
 
 
-def _progress_bar(total: int, enabled: bool | None) -> Any:
+def progress_bar(total: int, enabled: bool | None, desc: str | None = None, delay: float = 0.0) -> Any:
+    """A tqdm bar counting ``total`` calls, or None when progress is off (``enabled`` False) or, by
+    default (None), when stderr is no terminal and no notebook runs. ``delay``: seconds before it shows."""
     show = (sys.stderr.isatty() or "ipykernel" in sys.modules) if enabled is None else enabled  # a notebook
     if not show or total < 2:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="call", leave=False, file=sys.stderr)
+    return tqdm(total=total, unit="call", leave=False, file=sys.stderr, desc=desc, delay=delay)
 
 
 class _Waiter:
@@ -200,7 +202,7 @@ def _wait(
             else:
                 f._waiters.append(waiter)  # type: ignore[attr-defined]
                 watched.append(f)
-    bar = _progress_bar(len(futures), progress) if return_when == ALL_COMPLETED else None
+    bar = progress_bar(len(futures), progress) if return_when == ALL_COMPLETED else None
     deadline = None if timeout is None else time.monotonic() + timeout
     shown = 0
     try:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -312,9 +314,38 @@ def test_progress_bar_shows_in_a_notebook_by_default(monkeypatch):
     from pywren_core import futures
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
-    assert futures._progress_bar(10, None) is None
+    assert futures.progress_bar(10, None) is None
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
-    bar = futures._progress_bar(10, None)
+    bar = futures.progress_bar(10, None)
     assert bar is not None
     bar.close()
-    assert futures._progress_bar(10, False) is None
+    assert futures.progress_bar(10, False) is None
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_large_map_shows_progress_while_it_submits(pywren_config, monkeypatch, progress):
+    """A 100,000-call map takes seconds to prepare before any call is waited on: a "submitting" bar
+    shows meanwhile, when progress is on (here as if on a terminal; the bar appears after
+    SUBMIT_BAR_DELAY seconds, made 0 here)."""
+    from tqdm.std import tqdm
+
+    monkeypatch.setattr(executors, "SUBMIT_BAR_DELAY", 0.0)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    ex = pw.executor(pywren_config, progress=progress)
+    futures = ex.map(abs, range(2500))
+    assert len(futures) == 2500
+    shown = terminal.getvalue()
+    if progress:
+        assert "submitting:" in shown and "/2500 [" in shown  # tqdm shows at most every 0.1 s
+    else:
+        assert shown == ""
+    with pytest.raises(SerializationError, match="call 1500"):
+        ex.map(lambda x: x, [*range(1500), threading.Lock()])
+    assert not tqdm._instances, "the bar of a submission that failed half way is closed"
+    ex.shutdown(wait=False, cancel_futures=True)
