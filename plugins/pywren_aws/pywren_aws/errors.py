@@ -9,7 +9,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    SSOError,
+    TokenRetrievalError,
+)
 from pywren_core.errors import AccessDeniedError, NotFoundError, PywrenError, StorageError, ThrottledError
 
 NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
@@ -18,6 +27,23 @@ DENIED = {"AccessDenied", "AccessDeniedException", "403", "AllAccessDisabled", "
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException",
              "RequestLimitExceeded", "RequestThrottled", "RequestThrottledException", "ServiceUnavailable",
              "InternalError", "RequestTimeout", "503"}
+
+
+#: botocore's errors for credentials it cannot find, complete, load or refresh.
+CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, ProfileNotFound, CredentialRetrievalError,
+                     SSOError, TokenRetrievalError)
+#: Those whose message names only what is missing (a variable, a profile), never a value: quoted.
+_QUOTABLE = (NoCredentialsError, PartialCredentialsError, ProfileNotFound)
+#: What to do about them: every command says the same.
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE naming a profile of "
+                    "~/.aws/credentials or ~/.aws/config, or run where a role applies (instance, task, function)")
+
+
+def credentials_error(what: str, exc: BotoCoreError) -> AccessDeniedError:
+    """The one error for credentials botocore cannot use. Only a message that cannot hold a secret is
+    quoted (the others may quote a credential process's output); else the error's type."""
+    detail = str(exc) if isinstance(exc, _QUOTABLE) else type(exc).__name__
+    return AccessDeniedError(f"{what}: no usable AWS credentials ({detail}); {CREDENTIALS_HINT}")
 
 
 def error_code(exc: ClientError) -> str:
@@ -48,10 +74,7 @@ def mapped(what: str, default: type[PywrenError] = StorageError) -> Iterator[Non
         code, status = error_code(exc), http_status(exc)
         detail = exc.response.get("Error", {}).get("Message") or "no message"
         raise from_code(code, status, f"{what}: {code or status} ({detail})", default) from None
-    except NoCredentialsError:
-        raise AccessDeniedError(
-            f"{what}: no AWS credentials found; set them up the usual boto3 way (environment, "
-            "~/.aws/credentials, an instance or task role)"
-        ) from None
+    except CREDENTIAL_ERRORS as exc:
+        raise credentials_error(what, exc) from None
     except BotoCoreError as exc:
         raise default(f"{what}: {type(exc).__name__}: {exc}") from None

@@ -88,9 +88,12 @@ class AwsSession:
 
 @hookimpl
 def pywren_connect(config: Mapping[str, Any], role: str) -> AwsSession:
-    boto = boto3.session.Session(region_name=config["region"])
     s3_config = Config(max_pool_connections=S3_POOL, retries={"mode": "standard", "total_max_attempts": S3_TRIES})
-    session = AwsSession(config, boto, boto.client("s3", endpoint_url=config["endpoint_url"], config=s3_config))
+    # Opening a session reads the profile, and making a client resolves credentials: a missing profile
+    # or half-set credentials fail here.
+    with mapped("opening the AWS clients", default=ConfigError):
+        boto = boto3.session.Session(region_name=config["region"])
+        session = AwsSession(config, boto, boto.client("s3", endpoint_url=config["endpoint_url"], config=s3_config))
     if role == "client":
         # No botocore retries: a throttled or ambiguous invocation must reach the core's invoker, which
         # backs off and invokes again (and counts a possible duplicate), instead of botocore retrying

@@ -102,7 +102,8 @@ def test_missing_credentials_say_where_boto3_looked(pywren_config: dict[str, Any
         monkeypatch.delenv(var)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role lookup from a test
     ex = pw.executor(pywren_config, progress=False)
-    with pytest.raises(AccessDeniedError, match=r"no AWS credentials found.*environment, ~/.aws/credentials"):
+    with pytest.raises(AccessDeniedError, match=r"no usable AWS credentials \(Unable to locate credentials\); set "
+                                                 r"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"):
         ex.map(abs, [1])
     ex.shutdown(wait=False)
 
