@@ -32,7 +32,7 @@ import pywren_core
 from pywren_azure.errors import mapped, scrub
 from pywren_azure.invoke import PAYLOAD_KEY_COMMAND, QueueInvoker
 from pywren_azure.runtime import DEFAULT_TIME_LIMIT
-from pywren_azure.session import AzureSession
+from pywren_azure.session import AzureSession, default_credential
 from pywren_core.errors import ConfigError, InvokeError
 from pywren_core.protocol import PAYLOAD_KEY_ENV
 
@@ -145,12 +145,9 @@ def build_package(config: Mapping[str, Any], directory: str | os.PathLike[str]) 
 
 
 def _management_token() -> str:
-    try:
-        from azure.identity import DefaultAzureCredential
-    except ImportError:
-        raise ConfigError("pywren deploy for azure needs azure-identity: "
-                          "pip install 'pywren-azure[identity]'") from None
-    return DefaultAzureCredential().get_token("https://management.azure.com/.default").token
+    credential = default_credential("pywren deploy")
+    with mapped("getting a token for Azure Resource Manager"):
+        return credential.get_token("https://management.azure.com/.default").token
 
 
 def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:

@@ -28,6 +28,18 @@ THROTTLE_CODES = {"ServerBusy", "OperationTimedOut", "TooManyRequests"}
 RETRY_LATER_STATUSES = {408, 429, 500, 502, 503, 504}
 
 
+#: What to do about Azure credentials that are missing or unusable: every command says the same.
+CREDENTIALS_HINT = ("set azure.connection_string (or AZURE_STORAGE_CONNECTION_STRING), or azure.storage_account "
+                    "with azure.account_key, or sign in for DefaultAzureCredential (az login, a managed identity, "
+                    "or AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET)")
+
+
+def credentials_error(what: str, exc: BaseException) -> AccessDeniedError:
+    """The one error for a credential that yields no token (DefaultAzureCredential finding no sign-in).
+    It names the error's type, not its message, which lists every credential tried and why."""
+    return AccessDeniedError(f"{what}: no usable Azure credentials ({type(exc).__name__}); {CREDENTIALS_HINT}")
+
+
 def retry_after(headers: object) -> float | None:
     """The platform's Retry-After hint in seconds, when it sent one we can read."""
     value = headers.get("Retry-After") if hasattr(headers, "get") else None
@@ -46,6 +58,8 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 def translate(exc: AzureError, what: str, secrets: Iterable[str] = ()) -> PywrenError:
     """The pywren_core error for an SDK error raised while doing ``what`` (e.g. "get 'a/b'")."""
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
+        return credentials_error(what, exc)  # raised by the credential itself, before any request
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         return StorageError(scrub(f"{what}: could not reach Azure Storage: {exc.message}", secrets))
     status = getattr(exc, "status_code", None)

@@ -25,7 +25,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue import LinearRetry as QueueLinearRetry
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
-from pywren_azure.errors import mapped
+from pywren_azure.errors import CREDENTIALS_HINT, mapped
 from pywren_azure.invoke import PAYLOAD_KEY_COMMAND, HttpInvoker, QueueInvoker, function_url, pacer
 from pywren_core.errors import ConfigError
 
@@ -90,14 +90,13 @@ def transport_retry(policy: type = LinearRetry, read: bool = True) -> Any:
                   retry_read=SDK_RETRIES if read else 0, retry_status=0)
 
 
-def _default_credential() -> Any:
+def default_credential(purpose: str = "no connection_string or account_key given, and signing in without a key") -> Any:
+    """DefaultAzureCredential (az login, a managed identity, AZURE_CLIENT_* variables), which
+    ``purpose`` needs; a ConfigError naming the extra to install when azure-identity is missing."""
     try:
         from azure.identity import DefaultAzureCredential
     except ImportError:
-        raise ConfigError(
-            "azure: no connection_string or account_key given, and signing in without a key needs "
-            "azure-identity: pip install 'pywren-azure[identity]'"
-        ) from None
+        raise ConfigError(f"azure: {purpose} needs azure-identity: pip install 'pywren-azure[identity]'") from None
     return DefaultAzureCredential()
 
 
@@ -119,7 +118,7 @@ def _credentials(config: Mapping[str, Any], role: str) -> tuple[str | None, Any]
             value = os.environ.get(setting, "")
             if "AccountName=" in value or "UseDevelopmentStorage=" in value:
                 return value, None
-        return None, _default_credential()
+        return None, default_credential()
     if config.get("connection_string"):
         return config["connection_string"], None
     if config.get("account_key"):
@@ -129,9 +128,8 @@ def _credentials(config: Mapping[str, Any], role: str) -> tuple[str | None, Any]
     if os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
         return os.environ["AZURE_STORAGE_CONNECTION_STRING"], None
     if not config.get("storage_account"):
-        raise ConfigError("azure: no storage credentials: set azure.connection_string, or azure.storage_account "
-                          "(with azure.account_key, or signed in for DefaultAzureCredential)")
-    return None, _default_credential()
+        raise ConfigError(f"azure: no storage credentials: {CREDENTIALS_HINT}")
+    return None, default_credential()
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
