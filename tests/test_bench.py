@@ -182,3 +182,116 @@ def _has_matplotlib() -> bool:
 
 class TestLocalBench(BenchConformance):
     """The same suite each plugin runs against its emulators (pywren_core.testing.BenchConformance)."""
+
+
+# --- what the plots show, checked on their data ---------------------------------------------------
+
+
+def _call(index, submitted, start, end, done=None, cold=False, phase="sleep"):
+    return {"index": index, "phase": phase, "submitted": submitted, "invoked": submitted, "start": start,
+            "end": end, "done": done if done is not None else end, "worker_id": None, "cold": cold,
+            "attempts": 1, "ok": True, "error": None, "value": None}
+
+
+def _back_to_back(workers=2, per_worker=8, seconds=0.5, hand_over=0.001):
+    """Each worker runs its calls one after another, a millisecond between one's end and the next's
+    start: the workers are busy throughout, all handing over at the same instants."""
+    calls = []
+    for w in range(workers):
+        for k in range(per_worker):
+            start = 100.0 + k * (seconds + hand_over)
+            calls.append(_call(w * per_worker + k, 100.0, start, start + seconds))
+    return calls
+
+
+def _entry(calls, skipped=None):
+    return {"title": "", "params": {}, "started": 0.0, "finished": 0.0, "skipped": skipped, "summary": {},
+            "calls": calls}
+
+
+def test_concurrency_plot_has_no_zeros_while_workers_hand_over():
+    calls = _back_to_back()
+    instants = [n for _, n in results.concurrency(calls)[:-1]]
+    assert 0 in instants, "the premise: counted at each instant, the running calls drop to zero"
+    times, peaks = report.concurrency_series(calls, width=4.0 / report.CONCURRENCY_SLICES)
+    assert set(peaks[:-1]) == {2} and peaks[-1] == 0
+    assert times[-1] == pytest.approx(max(c["end"] for c in calls) - 100.0)
+
+
+def test_concurrency_plot_still_shows_a_real_pause():
+    calls = [_call(0, 100.0, 100.0, 101.0), _call(1, 100.0, 102.0, 103.0)]
+    times, peaks = report.concurrency_series(calls, width=3.0 / report.CONCURRENCY_SLICES)
+    idle = [n for t, n in zip(times, peaks, strict=True) if 1.1 < t < 1.9]
+    assert idle and set(idle) == {0}
+    assert max(peaks) == 1
+
+
+def test_latency_cdf_draws_one_or_two_calls_as_points():
+    assert report.cdf_points([0.3]) == ([0.3, 0.3], [0.0, 1.0])  # a rise from 0 to 1, not a lone point
+    assert report.cdf_points([0.2, 0.1]) == ([0.1, 0.1, 0.2], [0.0, 0.5, 1.0])
+    if not _has_matplotlib():
+        return
+    from matplotlib.figure import Figure
+
+    calls = [_call(0, 0.0, 0.1, 0.1, done=0.3, cold=True, phase="burst")]
+    calls += [_call(1 + k, 1.0, 1.001, 1.002, done=1.004 + k / 1000, cold=False, phase="sequential") for k in range(5)]
+    figure = Figure()
+    assert report._latency_cdf(figure, [("run", {"workloads": {"latency": _entry(calls)}})])
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    cold = lines["run cold (1 call)"]
+    assert cold.get_marker() == "o" and list(cold.get_ydata()) == [0.0, 1.0]
+
+
+def _legend_clear_of_axes(figure):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # lays the figure out
+    renderer = canvas.get_renderer()
+    legend = figure.legends[0].get_window_extent(renderer)
+    return not any(legend.overlaps(ax.get_window_extent(renderer)) for ax in figure.axes)
+
+
+@pytest.mark.skipif(not _has_matplotlib(), reason="needs matplotlib")
+def test_the_legends_of_the_line_plots_sit_beside_the_lines():
+    from matplotlib.figure import Figure
+
+    runs = [("a", {"workloads": {"scaleout": _entry(_back_to_back()),
+                                 "latency": _entry([_call(0, 0.0, 0.1, 0.2, cold=True)])}})]
+    for draw in (report._concurrency, report._latency_cdf):
+        figure = Figure(figsize=report.FIGSIZE, dpi=report.DPI, layout="constrained")
+        assert draw(figure, runs)
+        assert _legend_clear_of_axes(figure), draw.__name__
+
+
+def test_timeline_groups_panels_by_workload():
+    """A run that skipped scale-out gets an empty scale-out panel, not its throughput panel next to
+    another run's scale-out."""
+    standard = {"workloads": {"scaleout": _entry(_back_to_back()), "throughput": _entry(_back_to_back(4, 300, 0.001))}}
+    quick = {"workloads": {"throughput": _entry(_back_to_back(2, 10, 0.001))}}
+    rows = report.timeline_panels([("standard", standard), ("quick", quick)])
+    assert [(name, [(label, entry is not None) for _, label, entry in cells]) for name, cells in rows] == [
+        ("scaleout", [("standard", True), ("quick", False)]),
+        ("throughput", [("standard", True), ("quick", True)]),
+    ]
+    assert rows[1][1][1][2] is quick["workloads"]["throughput"]
+    if not _has_matplotlib():
+        return
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=report.FIGSIZE, dpi=report.DPI, layout="constrained")
+    assert report._timeline(figure, [("standard", standard), ("quick", quick)])
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["standard: 16 calls", "quick", "standard: 1200 calls", "quick: 20 calls"]
+    assert [figure.axes[0].get_ylabel(), figure.axes[2].get_ylabel()] == ["scaleout\ncall", "throughput\ncalls"]
+    # 1,200 calls are counted by state (two filled areas), not drawn as 2,400 sub-pixel lines
+    assert len(figure.axes[2].collections) == 2
+
+
+def test_many_calls_are_counted_by_state():
+    calls = [_call(k, 0.0, 0.01 * k, 0.01 * k + 0.001, done=0.01 * k + 0.002) for k in range(500)]
+    series = report.calls_by_state(calls)
+    assert [series[name][-1] for name in ("submitted", "start", "end", "done")] == [500] * 4
+    for t, submitted, started, ended, done in zip(*series.values(), strict=True):
+        assert submitted >= started >= ended >= done, t
+    assert series["start"][series["t"].index(2.5)] == 251  # calls 0..250 have started by 2.5 s

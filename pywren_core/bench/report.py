@@ -8,6 +8,8 @@ file's name, so name the files after what differs (``aws.json``, ``gcp.json``).
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -211,6 +213,19 @@ def markdown(runs: Sequence[Run], plots: Sequence[Path] | None) -> str:
 
 
 # --- plots --------------------------------------------------------------------------------------
+# Each plot is drawn from a series computed by a function of its own, so tests check what a plot
+# shows on its data, not on pixels.
+
+#: Workloads whose calls the timeline shows, one row each.
+TIMELINE_WORKLOADS = ("scaleout", "throughput")
+#: Up to this many calls a timeline panel draws each call as a line; beyond, lines thinner than a
+#: pixel merge into a grey wedge, so the panel counts calls by state over time instead.
+TIMELINE_MAX_CALLS = 100
+#: The concurrency plot draws the most calls running at once in each of this many slices of the
+#: longest run: about two pixels each.
+CONCURRENCY_SLICES = 400
+#: A latency CDF with at most this many calls marks each one, so one or two calls still show.
+CDF_MARKERS_MAX = 100
 
 
 def _runs_with_calls(runs: Sequence[Run], *names: str) -> list[tuple[int, str, str, list[Mapping[str, Any]]]]:
@@ -244,56 +259,149 @@ def write_plots(runs: Sequence[Run], out: Path) -> list[Path]:
     return written
 
 
+def timeline_panels(runs: Sequence[Run]) -> list[tuple[str, list[tuple[int, str, Mapping[str, Any] | None]]]]:
+    """The timeline's grid: one row per workload any run has calls of, one column per run, so a
+    row compares runs on the same workload; ``(colour index, label, entry)``, entry None where the
+    run did not run that workload."""
+    rows = []
+    for name in TIMELINE_WORKLOADS:
+        cells = [(i, label, run["workloads"].get(name)) for i, (label, run) in enumerate(runs)]
+        if any(entry and entry["calls"] for _, _, entry in cells):
+            rows.append((name, cells))
+    return rows
+
+
+def calls_by_state(calls: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """How many calls had been submitted, started, finished and seen by the client at each instant
+    anything changed (``t``: seconds since the first submit); the gaps between the curves are the
+    calls waiting and running."""
+    t0 = min(c["submitted"] for c in calls)
+    moments = {name: sorted(c[name] - t0 for c in calls if c.get(name) is not None)
+               for name in ("submitted", "start", "end", "done")}
+    times = sorted({t for values in moments.values() for t in values})
+    series: dict[str, list[float]] = {"t": times}
+    for name, values in moments.items():
+        series[name] = [bisect.bisect_right(values, t) for t in times]
+    return series
+
+
 def _timeline(figure: Any, runs: Sequence[Run]) -> bool:
-    """Per call: waiting (submit to start) in grey, running (start to end) in the run's colour."""
-    shown = _runs_with_calls(runs, "scaleout", "throughput")
-    if not shown:
+    """Rows by workload, columns by run. Few calls: a line per call, grey while it waits to start,
+    in the run's colour while it runs. Many calls: how many are waiting and running over time."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    rows = timeline_panels(runs)
+    if not rows:
         return False
-    axes = figure.subplots(1, len(shown), squeeze=False)[0]
-    for ax, (i, label, workload, calls) in zip(axes, shown, strict=True):
-        t0 = min(c["submitted"] for c in calls)
-        timed = [c for c in calls if c["start"] is not None and c["end"] is not None]
-        ax.hlines(
-            [c["index"] for c in timed],
-            [c["submitted"] - t0 for c in timed],
-            [c["start"] - t0 for c in timed],
-            color="0.75",
-            linewidth=1,
-        )
-        ax.hlines(
-            [c["index"] for c in timed],
-            [c["start"] - t0 for c in timed],
-            [c["end"] - t0 for c in timed],
-            color=f"C{i}",
-            linewidth=1.5,
-        )
-        ax.set(title=f"{label}: {workload}", xlabel="seconds since first submit", ylabel="call")
-    figure.suptitle("Per-call timeline (grey: waiting to start, colour: running)")
+    axes = figure.subplots(len(rows), len(runs), squeeze=False, sharex="row")
+    for row, (workload, cells) in zip(axes, rows, strict=True):
+        per_call = all(entry is None or len(entry["calls"]) <= TIMELINE_MAX_CALLS for _, _, entry in cells)
+        for column, (ax, (i, label, entry)) in enumerate(zip(row, cells, strict=True)):
+            if not (entry and entry["calls"]):
+                why = "not run" if entry is None else f"skipped: {entry['skipped'] or 'no calls'}"
+                ax.text(0.5, 0.5, f"{workload} {why}", ha="center", va="center", transform=ax.transAxes)
+                ax.set_title(label, fontsize="medium")
+                ax.axis("off")
+                continue
+            (_per_call if per_call else _by_state)(ax, entry["calls"], f"C{i}")
+            ax.set_title(f"{label}: {len(entry['calls'])} calls", fontsize="medium")
+            ax.set_xlabel("seconds since first submit")
+            if column == 0:
+                ax.set_ylabel(f"{workload}\n{'call' if per_call else 'calls'}")
+    figure.suptitle("Calls over time, by workload: a line per call, or with many calls the count in each state")
+    figure.legend(
+        handles=[
+            Patch(color="0.75", label="waiting to start"),
+            Patch(color="C0", label="running (each run its colour)"),
+            Line2D([], [], color="black", linestyle=":", label="result seen by the client"),
+        ],
+        loc="outside lower center",
+        ncols=3,
+    )
     return True
+
+
+def _per_call(ax: Any, calls: Sequence[Mapping[str, Any]], colour: str) -> None:
+    t0 = min(c["submitted"] for c in calls)
+    timed = [c for c in calls if c["start"] is not None and c["end"] is not None]
+    rows = [c["index"] for c in timed]
+    ax.hlines(rows, [c["submitted"] - t0 for c in timed], [c["start"] - t0 for c in timed], color="0.75", linewidth=1)
+    ax.hlines(rows, [c["start"] - t0 for c in timed], [c["end"] - t0 for c in timed], color=colour, linewidth=2)
+
+
+def _by_state(ax: Any, calls: Sequence[Mapping[str, Any]], colour: str) -> None:
+    series = calls_by_state(calls)
+    t = series["t"]
+    ax.fill_between(t, series["start"], series["submitted"], step="post", color="0.75")
+    ax.fill_between(t, series["end"], series["start"], step="post", color=colour)
+    ax.step(t, series["end"], where="post", color=colour, linewidth=1.5)
+    ax.step(t, series["done"], where="post", color="black", linewidth=1, linestyle=":")
+    ax.set_ylim(0, len(calls) * 1.05)
+
+
+def concurrency_series(calls: Sequence[Mapping[str, Any]], width: float) -> tuple[list[float], list[int]]:
+    """The concurrency plot's steps: seconds since the first submit, and the most calls running at
+    once in each ``width``-second slice from there, ending at 0 after the last call.
+
+    The most per slice, not the count at an instant: a worker that finishes one call and starts the
+    next a millisecond later is busy throughout, and an instantaneous count would drop to zero at
+    every such hand-over. A drop shorter than a slice (under two pixels) is not drawn.
+    """
+    steps = results.concurrency(calls)
+    if not steps:
+        return [], []
+    t0 = min(c["submitted"] for c in calls)
+    slices = max(1, math.ceil((steps[-1][0] - t0) / width))
+    times, peaks, running, k = [], [], 0, 0
+    for b in range(slices):
+        top, limit = running, t0 + (b + 1) * width
+        while k < len(steps) and steps[k][0] < limit:
+            running = steps[k][1]
+            top = max(top, running)
+            k += 1
+        times.append(b * width)
+        peaks.append(top)
+    return times + [steps[-1][0] - t0], peaks + [0]
 
 
 def _concurrency(figure: Any, runs: Sequence[Run]) -> bool:
     from matplotlib.ticker import MaxNLocator
 
+    shown = _runs_with_calls(runs, "scaleout")
+    spans = [max(c["end"] or c["submitted"] for c in calls) - min(c["submitted"] for c in calls)
+             for _, _, _, calls in shown]
+    if not spans:
+        return False
+    width = max(max(spans), 1e-3) / CONCURRENCY_SLICES
     ax = figure.subplots()
-    drawn = False
-    for i, label, _, calls in _runs_with_calls(runs, "scaleout"):
-        steps = results.concurrency(calls)
-        if not steps:
-            continue
-        t0 = min(c["submitted"] for c in calls)
-        ax.step(
-            [0.0] + [t - t0 for t, _ in steps],
-            [0] + [n for _, n in steps],
-            where="post",
-            color=f"C{i}",
-            label=label,
-        )
-        drawn = True
-    ax.set(title="Scale-out: calls running at once", xlabel="seconds since first submit", ylabel="running calls")
+    top = 0
+    for i, label, _, calls in shown:
+        times, peaks = concurrency_series(calls, width)
+        if times:
+            ax.step(times, peaks, where="post", color=f"C{i}", linewidth=2, label=f"{label}: running")
+        ax.axhline(len(calls), color=f"C{i}", linestyle=":", linewidth=1.5, label=f"{label}: calls submitted")
+        top = max(top, len(calls), *peaks)
+    ax.set(
+        title=f"Scale-out: calls running at once (the most in each {_duration(width)})",
+        xlabel="seconds since first submit",
+        ylabel="calls running",
+        ylim=(0, top * 1.1 + 1),
+    )
+    ax.set_xlim(left=0)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="best")
-    return drawn
+    figure.legend(loc="outside right upper")
+    return True
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def cdf_points(values: Sequence[float]) -> tuple[list[float], list[float]]:
+    """An empirical CDF as steps from 0 at the smallest value: one call draws a rise from 0 to 1."""
+    ordered = sorted(values)
+    return [ordered[0], *ordered], [0.0, *((k + 1) / len(ordered) for k in range(len(ordered)))]
 
 
 def _latency_cdf(figure: Any, runs: Sequence[Run]) -> bool:
@@ -301,21 +409,22 @@ def _latency_cdf(figure: Any, runs: Sequence[Run]) -> bool:
     drawn = False
     for i, label, _, calls in _runs_with_calls(runs, "latency"):
         for kind, group in latency_groups(calls).items():
-            values = sorted(results.spans(group, "submitted", "done"))
+            values = results.spans(group, "submitted", "done")
             if values:
-                fractions = [(k + 1) / len(values) for k in range(len(values))]
-                ax.step(
-                    values, fractions, where="post", color=f"C{i}", linestyle=LINESTYLES[kind], label=f"{label} {kind}"
-                )
+                xs, ys = cdf_points(values)
+                marked = len(values) <= CDF_MARKERS_MAX  # each call a point: one or two calls show too
+                ax.plot(xs, ys, drawstyle="steps-post", color=f"C{i}", linestyle=LINESTYLES[kind], linewidth=1.5,
+                        marker="o" if marked else None, markersize=5, markevery=list(range(1, len(xs))),
+                        label=f"{label} {kind} ({len(values)} call{'s' if len(values) != 1 else ''})")
                 drawn = True
     ax.set(
-        title="Invocation latency, submit to result seen",
-        xlabel="seconds",
-        ylabel="fraction of calls",
+        title="Invocation latency, submit to result seen (each point a call)",
+        xlabel="seconds (log scale)",
+        ylabel="fraction of calls done by then",
         xscale="log",
-        ylim=(0, 1.02),
+        ylim=(0, 1.05),
     )
-    ax.legend(loc="lower right")
+    figure.legend(loc="outside right upper")
     return drawn
 
 
@@ -341,7 +450,9 @@ def _throughput(figure: Any, runs: Sequence[Run]) -> bool:
         return False
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, values) in zip(axes, panels, strict=True):
-        ax.bar([label for _, label, _ in values], [v for _, _, v in values], color=[f"C{i}" for i, _, _ in values])
+        labels, heights = [label for _, label, _ in values], [v for _, _, v in values]
+        bars = ax.bar(labels, heights, color=[f"C{i}" for i, _, _ in values])
+        ax.bar_label(bars, labels=[_cell(v) for _, _, v in values])
         ax.set_title(title)
         ax.tick_params(axis="x", labelrotation=30)
     figure.suptitle("Aggregate throughput (higher is better)")
