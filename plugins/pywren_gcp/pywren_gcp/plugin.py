@@ -18,11 +18,18 @@ import google.oauth2.id_token
 import google.oauth2.service_account
 
 from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits
-from pywren_core.errors import AccessDeniedError, InvokeError
+from pywren_core.errors import InvokeError
 from pywren_core.hookspecs import hookimpl
 from pywren_gcp import deploy as deploy_module
 from pywren_gcp.invoker import Dispatcher
-from pywren_gcp.storage import GcsStore, errors_mapped, make_client
+from pywren_gcp.storage import (
+    CREDENTIALS_HINT,
+    GcsStore,
+    credentials_error,
+    credentials_mapped,
+    errors_mapped,
+    make_client,
+)
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
@@ -100,9 +107,7 @@ class GcpSession:
                     else:
                         self._credentials = google.auth.default(scopes=[SCOPE])[0]
                 except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
-                    # The file's contents never go into the message, and neither does its path.
-                    raise AccessDeniedError(f"cannot load Google credentials ({type(exc).__name__}); check "
-                                            "gcp.credentials_file or Application Default Credentials") from None
+                    raise credentials_error("loading Google credentials", exc) from None
             return self._credentials
 
     def api(self) -> Any:
@@ -114,7 +119,9 @@ class GcpSession:
             dispatcher = self._dispatcher
         if dispatcher is not None:
             return dispatcher
-        url = self.config["function_url"] or deploy_module.lookup_url(self.api(), self.config)
+        if not (url := self.config["function_url"]):
+            with credentials_mapped("looking up the function's URL"):
+                url = deploy_module.lookup_url(self.api(), self.config)
         with self._lock:
             if self._dispatcher is None:
                 self._dispatcher = Dispatcher(
@@ -149,8 +156,9 @@ class GcpSession:
                 raise InvokeError(f"could not reach Google to mint an ID token for {audience}: "
                                   f"{type(exc).__name__}") from None
             except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
-                raise InvokeError(f"could not mint an ID token for {audience} ({type(exc).__name__}); set "
-                                  "gcp.credentials_file to a service-account key, or gcp.invoke_token") from None
+                raise credentials_error(f"minting an ID token for {audience}", exc, CREDENTIALS_HINT + (
+                    ", or set gcp.invoke_token (or gcp.authenticated: false for an endpoint that needs none)"
+                )) from None
             return f"Bearer {self._id_credentials.token}"
 
     def events(self) -> list[CallEvent]:
@@ -208,12 +216,14 @@ def pywren_deploy(session: GcpSession, config: Mapping[str, Any]) -> str:
     with errors_mapped(f"creating gs://{bucket.name}"):
         if not bucket.exists():
             session.store.client.create_bucket(bucket, location=config["region"])
-    return deploy_module.deploy(session.api(), config)
+    with credentials_mapped("deploying the function"):
+        return deploy_module.deploy(session.api(), config)
 
 
 @hookimpl
 def pywren_remove(session: GcpSession, config: Mapping[str, Any]) -> str:
-    return deploy_module.remove(session.api(), config)
+    with credentials_mapped("removing the function"):
+        return deploy_module.remove(session.api(), config)
 
 
 @hookimpl

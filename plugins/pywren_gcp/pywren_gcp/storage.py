@@ -39,6 +39,17 @@ TRANSPORT_RETRY = Retry(total=TRIES - 1, allowed_methods=None, status_forcelist=
                         respect_retry_after_header=False, backoff_factor=0.25)
 
 
+#: What to do about Google credentials that are missing or unusable: every command says the same.
+CREDENTIALS_HINT = ("set gcp.credentials_file (or GOOGLE_APPLICATION_CREDENTIALS) to a service-account key file, "
+                    "or sign in with `gcloud auth application-default login`")
+
+
+def credentials_error(what: str, exc: BaseException, hint: str = CREDENTIALS_HINT) -> AccessDeniedError:
+    """The one error for credentials google-auth cannot find, load or refresh. It names the SDK's
+    error type, not its message, which may quote a key file's path or contents."""
+    return AccessDeniedError(f"{what}: no usable Google credentials ({type(exc).__name__}); {hint}")
+
+
 def make_client(project: str, endpoint: str, credentials: Credentials | None) -> storage.Client:
     """A storage client for ``endpoint`` (an emulator, or Google's when empty).
 
@@ -50,7 +61,10 @@ def make_client(project: str, endpoint: str, credentials: Credentials | None) ->
         client = storage.Client(project=project or "pywren-local", credentials=AnonymousCredentials(),
                                 client_options={"api_endpoint": endpoint})
     else:
-        client = storage.Client(project=project or None, credentials=credentials)
+        try:  # without credentials given, the SDK looks for Application Default Credentials now
+            client = storage.Client(project=project or None, credentials=credentials)
+        except google.auth.exceptions.GoogleAuthError as exc:
+            raise credentials_error("opening Cloud Storage", exc) from None
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=TRANSPORT_RETRY)
     client._http.mount("https://", adapter)
     client._http.mount("http://", adapter)
@@ -75,6 +89,18 @@ def mapped_error(exc: google_exceptions.GoogleAPICallError, what: str) -> Except
 
 
 @contextmanager
+def credentials_mapped(what: str) -> Iterator[None]:
+    """Raise credentials refused or unusable in the block (a token refresh) as :func:`credentials_error`;
+    a network failure on the way is left to the caller."""
+    try:
+        yield
+    except google.auth.exceptions.TransportError:
+        raise
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise credentials_error(what, exc) from None
+
+
+@contextmanager
 def errors_mapped(what: str) -> Iterator[None]:
     try:
         yield
@@ -83,7 +109,7 @@ def errors_mapped(what: str) -> Iterator[None]:
     except (requests.RequestException, ConnectionError, google.auth.exceptions.TransportError) as exc:
         raise StorageError(f"{what}: {type(exc).__name__} (the connection failed, {TRIES} tries)") from None
     except google.auth.exceptions.GoogleAuthError as exc:  # the credentials were refused or cannot refresh
-        raise AccessDeniedError(f"{what}: {type(exc).__name__} while authenticating") from None
+        raise credentials_error(what, exc) from None
 
 
 class GcsStore:
