@@ -49,7 +49,8 @@ class Limits:
     max_payload_bytes: int
     #: Longest a call may run, in seconds; also the default per-call timeout.
     max_runtime: float
-    #: Invocations that may run at once; the client never has more invoke requests in flight.
+    #: Invocations the platform runs at once (its concurrency limit). The client never has more
+    #: invoke requests in flight; more may be queued by the platform or refused as throttled.
     max_concurrency: int
     #: Invocations per second the platform accepts before throttling (None: no known limit).
     max_invoke_rate: float | None = None
@@ -164,42 +165,44 @@ class Session:
         self.info = info
         self.config = dict(config)
         self._hook = hook
-        self.handle = hook.pywren_connect(config=self.config, role=role)
+        self.handle = hook.pywren_connect(backend=name, config=self.config, role=role)
+
+    def _call(self, hook: str, **kwargs: Any) -> Any:
+        """Call one hook for this session: every hook also gets the backend's name, for wrappers."""
+        return getattr(self._hook, hook)(backend=self.name, session=self.handle, **kwargs)
 
     def put(self, key: str, data: bytes) -> None:
         data = bytes(data)
-        retry_throttled(lambda: self._hook.pywren_storage_put(session=self.handle, key=key, data=data))
+        retry_throttled(lambda: self._call("pywren_storage_put", key=key, data=data))
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        return retry_throttled(
-            lambda: self._hook.pywren_storage_get(session=self.handle, key=key, byte_range=byte_range)
-        )
+        return retry_throttled(lambda: self._call("pywren_storage_get", key=key, byte_range=byte_range))
 
     def list(self, prefix: str) -> list[str]:
-        return list(retry_throttled(lambda: self._hook.pywren_storage_list(session=self.handle, prefix=prefix)))
+        return list(retry_throttled(lambda: self._call("pywren_storage_list", prefix=prefix)))
 
     def delete(self, keys: Sequence[str]) -> None:
         if keys:
             keys = list(keys)
-            retry_throttled(lambda: self._hook.pywren_storage_delete(session=self.handle, keys=keys))
+            retry_throttled(lambda: self._call("pywren_storage_delete", keys=keys))
 
     def invoke(self, payload: Mapping[str, Any]) -> None:
-        self._hook.pywren_invoke(session=self.handle, payload=payload)
+        self._call("pywren_invoke", payload=payload)
 
     def prepare(self) -> None:
-        self._hook.pywren_prepare(session=self.handle)
+        self._call("pywren_prepare")
 
     def cancel(self, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
-        self._hook.pywren_cancel(session=self.handle, executor_id=executor_id, job_id=job_id, call_ids=list(call_ids))
+        self._call("pywren_cancel", executor_id=executor_id, job_id=job_id, call_ids=list(call_ids))
 
     def poll_events(self) -> list[CallEvent]:
-        return [event for events in self._hook.pywren_poll_events(session=self.handle) for event in events or ()]
+        return [event for events in self._call("pywren_poll_events") for event in events or ()]
 
     def deploy(self) -> str | None:
-        return self._hook.pywren_deploy(session=self.handle, config=self.config)
+        return self._call("pywren_deploy", config=self.config)
 
     def remove(self) -> str | None:
-        return self._hook.pywren_remove(session=self.handle, config=self.config)
+        return self._call("pywren_remove", config=self.config)
 
     def close(self) -> None:
-        self._hook.pywren_close(session=self.handle)
+        self._call("pywren_close")

@@ -11,7 +11,7 @@ from typing import Any
 from pywren_core import __version__, manifests
 from pywren_core import config as config_module
 from pywren_core.errors import ConfigError, PywrenError, SignatureError
-from pywren_core.plugins import Backend, backend_entries, load_backend
+from pywren_core.plugins import Backend, backend_entries, load_backend, wrapper_entries
 from pywren_core.protocol import (
     JOBS_PREFIX,
     JobKeys,
@@ -53,6 +53,17 @@ def cmd_backends(args: argparse.Namespace) -> int:
                 ]
             )
     print(_table(rows, ["backend", "distribution", "version", "source", "status"]))
+    wrappers = []
+    for name, entry in sorted(wrapper_entries().items()):
+        try:
+            entry.load()
+            state = "ok"
+        except PywrenError as exc:
+            state = f"BROKEN: {exc}"
+        wrappers.append([name, entry.distribution, entry.version, f"entry point {entry.target}", state])
+    if wrappers:
+        print("\nwrapper plugins (each wraps every backend above):")
+        print(_table(wrappers, ["wrapper", "distribution", "version", "source", "status"]))
     if args.features:
         print()
         print(_table(features, ["backend", "max payload B", "max runtime s", "concurrency", "invokes/s", "features"]))

@@ -8,7 +8,9 @@ without breaking existing plugins.
 Routing: each backend gets a plugin manager of its own that holds that backend's plugin plus the
 wrapper plugins (entry-point group ``pywren.wrappers``). A call for backend X therefore never runs
 backend Y's code, and no hook has to ask whether a call is meant for it. A wrapper plugin
-implements any of these hooks with ``@hookimpl(wrapper=True)`` and applies to every backend.
+implements any of these hooks with ``@hookimpl(wrapper=True)`` and applies to every backend;
+every hook but ``pywren_backend_info`` gets ``backend``, the backend's name, so a wrapper can tell
+them apart. A backend's own hooks leave out the arguments they do not use (``backend``, usually).
 
 Errors: hooks raise :mod:`pywren_core.errors` types, never an SDK's own. A missing key is
 ``NotFoundError``, denied access ``AccessDeniedError``, a platform asking to slow down
@@ -39,7 +41,7 @@ def pywren_backend_info() -> BackendInfo:
 
 
 @hookspec(firstresult=True)
-def pywren_connect(config: Mapping[str, Any], role: str) -> Any:
+def pywren_connect(config: Mapping[str, Any], role: str, backend: str) -> Any:
     """Required. Open the clients the other hooks need and return them as one session object.
 
     ``config`` is this backend's section, validated against the schema with defaults filled in.
@@ -50,7 +52,7 @@ def pywren_connect(config: Mapping[str, Any], role: str) -> Any:
 
 
 @hookspec(firstresult=True)
-def pywren_storage_put(session: Any, key: str, data: bytes) -> None:
+def pywren_storage_put(session: Any, key: str, data: bytes, backend: str) -> None:
     """Required. Store ``data`` under ``key``, replacing any object there, atomically.
 
     A reader sees either the old bytes or all of the new ones, never a part.
@@ -58,7 +60,7 @@ def pywren_storage_put(session: Any, key: str, data: bytes) -> None:
 
 
 @hookspec(firstresult=True)
-def pywren_storage_get(session: Any, key: str, byte_range: tuple[int, int] | None) -> bytes:
+def pywren_storage_get(session: Any, key: str, byte_range: tuple[int, int] | None, backend: str) -> bytes:
     """Required. Return the object at ``key``, or bytes ``[start, end)`` of it.
 
     A range reaching past the end returns what exists (like slicing). A missing key raises
@@ -67,13 +69,13 @@ def pywren_storage_get(session: Any, key: str, byte_range: tuple[int, int] | Non
 
 
 @hookspec(firstresult=True)
-def pywren_storage_list(session: Any, prefix: str) -> list[str]:
+def pywren_storage_list(session: Any, prefix: str, backend: str) -> list[str]:
     """Required. Return every key that starts with ``prefix`` (a plain string prefix, not a folder),
     following all pages. Order is not part of the contract."""
 
 
 @hookspec(firstresult=True)
-def pywren_storage_delete(session: Any, keys: Sequence[str]) -> None:
+def pywren_storage_delete(session: Any, keys: Sequence[str], backend: str) -> None:
     """Required. Delete ``keys``; keys that do not exist are ignored (deleting is idempotent).
 
     Also called at interpreter exit (with ``pywren_storage_list`` and ``pywren_cancel``), when the
@@ -84,7 +86,7 @@ def pywren_storage_delete(session: Any, keys: Sequence[str]) -> None:
 
 
 @hookspec(firstresult=True)
-def pywren_invoke(session: Any, payload: Mapping[str, Any]) -> None:
+def pywren_invoke(session: Any, payload: Mapping[str, Any], backend: str) -> None:
     """Required. Start one asynchronous run of the platform's handler, which passes ``payload`` to
     ``pywren_core.harness.serve``.
 
@@ -100,7 +102,7 @@ def pywren_invoke(session: Any, payload: Mapping[str, Any]) -> None:
 
 
 @hookspec
-def pywren_prepare(session: Any) -> None:
+def pywren_prepare(session: Any, backend: str) -> None:
     """Optional. Get ready to invoke (start warm workers, open connections) without waiting for it.
 
     Called once when an executor opens its session, never by commands that only read storage or
@@ -109,14 +111,14 @@ def pywren_prepare(session: Any) -> None:
 
 
 @hookspec(firstresult=True)
-def pywren_cancel(session: Any, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
+def pywren_cancel(session: Any, executor_id: str, job_id: str, call_ids: Sequence[str], backend: str) -> None:
     """Optional. Stop these calls of one job where the platform allows: drop those still queued,
     stop those running. Best effort; the core has already settled their futures as cancelled and
     ignores whatever they write later."""
 
 
 @hookspec
-def pywren_poll_events(session: Any) -> Sequence[CallEvent]:
+def pywren_poll_events(session: Any, backend: str) -> Sequence[CallEvent]:
     """Optional. Return the call events the platform reported since the last call, and forget them.
 
     The client's monitor calls it once per polling round. A plugin that learns of a failed
@@ -126,15 +128,15 @@ def pywren_poll_events(session: Any) -> Sequence[CallEvent]:
 
 
 @hookspec(firstresult=True)
-def pywren_deploy(session: Any, config: Mapping[str, Any]) -> str:
+def pywren_deploy(session: Any, config: Mapping[str, Any], backend: str) -> str:
     """Optional. Create or update the cloud function that runs the worker; return a one-line summary."""
 
 
 @hookspec(firstresult=True)
-def pywren_remove(session: Any, config: Mapping[str, Any]) -> str:
+def pywren_remove(session: Any, config: Mapping[str, Any], backend: str) -> str:
     """Optional. Remove what ``pywren_deploy`` created; return a one-line summary."""
 
 
 @hookspec
-def pywren_close(session: Any) -> None:
+def pywren_close(session: Any, backend: str) -> None:
     """Optional. Release the session's clients, threads and processes; called once per session."""

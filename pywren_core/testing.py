@@ -734,7 +734,10 @@ class FaultConformance(_Isolated):
         ex, futures = self.run_under(pywren_config, {"throttle_for": 1.0})
         self.assert_all_correct(futures)
         assert ex.faults.injected["throttled_invocations"] > 0
-        assert sum(f.stats.get("invoke_retries", 0) for f in futures) == ex.faults.injected["throttled_invocations"]
+        # The backend may throttle too (a full platform): every injected throttle shows, at least.
+        retried = sum(f.stats.get("invoke_retries", 0) for f in futures)
+        injected = ex.faults.injected["throttled_invocations"]
+        assert retried >= injected, f"{injected} throttles injected, but the calls' stats count {retried} retries"
 
     def test_storage_errors_are_retried(self, pywren_config: dict[str, Any]) -> None:
         ex, futures = self.run_under(pywren_config, {"storage_errors": 0.05})

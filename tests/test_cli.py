@@ -1,12 +1,13 @@
 """The ``pywren`` command line, as users see it."""
 
-from pywren_core import cli
+from pywren_core import cli, hookimpl
 
 
 def test_backends_explains_a_broken_plugin_and_still_lists_the_others(capsys):
     """tests/fixture_plugin installs ``broken``, whose import fails, next to a working ``fixture``."""
     assert cli.main(["backends"]) == 0
-    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    backends_table = capsys.readouterr().out.split("\n\n")[0]  # wrapper plugins follow, if any
+    rows = {line.split()[0]: line for line in backends_table.splitlines()[2:]}
     broken = rows["broken"]
     assert "pywren-fixture" in broken and "0.1.0" in broken
     assert "BROKEN: plugin 'broken'" in broken
@@ -110,3 +111,31 @@ def test_bench_parameters_must_be_positive_numbers(tmp_path, capsys):
         assert main(["bench", "run", "--suite", "quick", "--set", setting, "-o", str(tmp_path / "run.json")]) == 1
         assert message in capsys.readouterr().err, setting
     assert not (tmp_path / "run.json").exists()
+
+
+class RecordBackends:
+    """A wrapper plugin that records which backend each invocation went to."""
+
+    seen: list[str] = []
+
+    @staticmethod
+    @hookimpl(wrapper=True)
+    def pywren_invoke(session, payload, backend):
+        RecordBackends.seen.append(backend)
+        return (yield)
+
+
+def test_wrappers_are_listed_and_told_which_backend_they_wrap(capsys, monkeypatch, pywren_config):
+    import pywren_core as pw
+    from pywren_core import plugins
+
+    monkeypatch.setitem(plugins.BUILTIN_WRAPPERS, "recorder", f"{__name__}:RecordBackends")
+    plugins.reset()
+    assert cli.main(["backends"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "wrapper plugins (each wraps every backend above):" in lines
+    assert any(line.startswith("recorder") and line.endswith("ok") for line in lines), lines
+    RecordBackends.seen.clear()
+    with pw.executor(pywren_config, progress=False) as ex:
+        assert ex.get_result(ex.map(abs, [-1, -2])) == [1, 2]
+    assert RecordBackends.seen and set(RecordBackends.seen) == {"local"}

@@ -52,3 +52,18 @@ def test_includes_show_the_region_without_its_markers(tmp_path, monkeypatch):
     assert build.expand_includes(expanded) == expanded
     with pytest.raises(ValueError, match="no region 'nope'"):
         build.expand_includes("<!-- include: example.py#nope -->\n<!-- /include -->")
+
+
+def test_the_guide_lists_exactly_the_payload_keys():
+    """The payload keys a handler must pass on are the ones the kit accepts (protocol.PAYLOAD_KEYS)."""
+    import re
+
+    from pywren_core.protocol import PAYLOAD_CALL_KEYS, PAYLOAD_KEYS
+
+    guide = (ROOT / "docs" / "writing-a-backend.md").read_text()
+    table = guide.split("<!-- payload-keys -->")[1].split("<!-- /payload-keys -->")[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = {key for row in rows for key in re.findall(r"`(\w+)`", row)}
+    calls_row = next(line for line in table.splitlines() if line.startswith("| `calls`"))
+    assert documented == PAYLOAD_KEYS
+    assert set(re.findall(r"`(\w+)`", calls_row.split("|")[2])) == PAYLOAD_CALL_KEYS

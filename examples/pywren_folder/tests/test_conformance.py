@@ -2,7 +2,7 @@
 
 # --8<-- [start:conformance]
 import pytest
-from pywren_core.testing import ExecutorConformance, StorageConformance
+from pywren_core.testing import BenchConformance, ExecutorConformance, StorageConformance
 
 
 @pytest.fixture
@@ -16,6 +16,10 @@ class TestStorage(StorageConformance):
 
 
 class TestExecutor(ExecutorConformance):
+    pass
+
+
+class TestBench(BenchConformance):
     pass
 
 

@@ -1,7 +1,7 @@
 """The core's conformance kit, run against the MyCloud backend."""
 
 import pytest
-from pywren_core.testing import ExecutorConformance, StorageConformance
+from pywren_core.testing import BenchConformance, ExecutorConformance, FaultConformance, StorageConformance
 
 
 @pytest.fixture
@@ -17,3 +17,13 @@ class TestStorage(StorageConformance):
 
 class TestExecutor(ExecutorConformance):
     pass
+
+
+class TestFaults(FaultConformance):
+    """Faults injected into your backend's hooks: dropped, throttled, ambiguous invocations, storage
+    errors, crashing workers, forged statuses, Ctrl-C. Size ``fault_calls`` so a map of that many
+    calls takes well under a minute on your emulator."""
+
+
+class TestBench(BenchConformance):
+    """``pywren bench``'s standard suite with small parameters."""
