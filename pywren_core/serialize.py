@@ -11,6 +11,7 @@ import collections
 import functools
 import io
 import os
+import pickle
 import site
 import sys
 import sysconfig
@@ -105,8 +106,30 @@ def _dump(obj: Any) -> tuple[bytes, set[str]]:
     return buffer.getvalue(), pickler.modules
 
 
+_PLAIN_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_PLAIN_CONTAINERS = frozenset({tuple, list, set, frozenset})
+
+
+def _plain(obj: Any, budget: list[int]) -> bool:
+    """Whether ``obj`` is built-in data only (numbers, strings, bytes and containers of them, up to
+    a few hundred items): what the standard pickler writes exactly as cloudpickle would."""
+    budget[0] -= 1
+    kind = type(obj)
+    if budget[0] < 0:
+        return False
+    if kind in _PLAIN_SCALARS:
+        return True
+    if kind in _PLAIN_CONTAINERS:
+        return all(_plain(item, budget) for item in obj)
+    if kind is dict:
+        return all(_plain(k, budget) and _plain(v, budget) for k, v in obj.items())
+    return False
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` so that a worker with the same installed packages can load it."""
+    if _plain(obj, [256]):  # most call arguments: the C pickler, without cloudpickle's per-object hook
+        return pickle.dumps(obj, protocol=cloudpickle.DEFAULT_PROTOCOL)
     data, modules = _dump(obj)
     user = {m for m in modules if is_user_module(m)}
     if not user:

@@ -349,3 +349,19 @@ def test_a_large_map_shows_progress_while_it_submits(pywren_config, monkeypatch,
         ex.map(lambda x: x, [*range(1500), threading.Lock()])
     assert not tqdm._instances, "the bar of a submission that failed half way is closed"
     ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_plain_arguments_take_the_fast_pickler_and_the_rest_still_travel():
+    """Built-in data is pickled by the C pickler (as cloudpickle would write it); anything else,
+    a function inside a list say, still goes through cloudpickle, by value where it must."""
+    import pickle
+
+    from pywren_core import serialize
+
+    plain = ((1, 2.5, "s", b"b", None, True, [1, {"k": (3, frozenset({4}))}]), {"x": 1})
+    assert serialize.dumps(plain) == pickle.dumps(plain, protocol=serialize.cloudpickle.DEFAULT_PROTOCOL)
+    assert serialize.loads(serialize.dumps(plain)) == plain
+    shaped = ([lambda y: y + 1],)
+    assert serialize.loads(serialize.dumps(shaped))[0][0](1) == 2  # a lambda: by value, not the C pickler
+    many = (list(range(10_000)),)
+    assert serialize.loads(serialize.dumps(many)) == many
