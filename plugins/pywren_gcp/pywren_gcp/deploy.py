@@ -30,6 +30,8 @@ API = "https://cloudfunctions.googleapis.com/v2"
 VENDORED = {"pywren-core": "pywren_core", "pywren-gcp": "pywren_gcp"}
 #: Needed at run time on the platform but not a dependency of the plugin itself.
 RUNTIME_EXTRAS = ("functions-framework",)
+#: Dependencies only the client uses (the invoker): the function does not install them.
+CLIENT_ONLY = frozenset({"aiohttp", "async-timeout"})
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip timestamps, so the same code always gives the same archive
 OPERATION_TIMEOUT = 1800.0
 
@@ -62,7 +64,7 @@ def requirements() -> list[str]:
             if "extra ==" in requirement:
                 continue
             match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
-            if match and match.group(0).lower() not in VENDORED:
+            if match and match.group(0).lower() not in VENDORED and match.group(0).lower() not in CLIENT_ONLY:
                 names[match.group(0).lower()] = match.group(0)
     for extra in RUNTIME_EXTRAS:
         names.setdefault(extra, extra)

@@ -3,9 +3,11 @@
 Cloud Run functions give an instance CPU only while it is answering a request, so a call must run
 inside its request: the request stays open until the call has finished. The client therefore holds
 many long requests at once, which it does without a thread each: a single thread runs an asyncio
-loop that writes each request, waits for the handler's acknowledgement line (the platform accepted
-the call and it is running), then keeps reading until the response ends. ``pywren_invoke`` returns
-at the acknowledgement, so the core's bounded invoker threads are free again within milliseconds.
+loop with an aiohttp session that writes each request, waits for the handler's acknowledgement
+line (the platform accepted the call and it is running), then keeps reading until the response
+ends. ``pywren_invoke`` returns at the acknowledgement, so the core's bounded invoker threads are
+free again within milliseconds. Connections are kept alive: a request whose response ended leaves
+its connection (and its TLS session) in the pool for the next one.
 
 Connections are bounded too (``max_connections``). Below the bound every invocation is a request
 of its own, which is what the platform load-balances and scales on. At the bound, the invocations
@@ -26,18 +28,25 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import ssl
+import sys
 import threading
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import attrs
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pywren_core.backend import CallEvent
 from pywren_core.errors import AmbiguousInvokeError, InvokeError, ThrottledError
 from pywren_gcp import __version__
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout_at
+else:  # aiohttp's own dependency there
+    from async_timeout import timeout_at
 
 #: The first line of every accepted response, sent by the handler before it runs the calls.
 ACK = b'{"accepted":'
@@ -45,9 +54,14 @@ ACK = b'{"accepted":'
 MAX_REQUEST_BYTES = 32 * 2**20
 #: Statuses that mean "not now": the core waits and invokes again.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_HEAD_LIMIT = 64 * 1024
+#: Seconds an idle connection is kept for reuse. Under a server's own idle timeout (functions-framework's
+#: gunicorn closes after 2 s), so a request never goes out on a connection the server is closing: that
+#: would look like a lost acknowledgement. A burst of invocations reuses its connections within milliseconds.
+KEEPALIVE = 1.0
+#: Longest line of a response the client reads (aiohttp raises LineTooLong beyond it).
+LINE_LIMIT = 64 * 1024
 #: What reading a response that breaks off, stalls or turns to garbage raises.
-_BROKEN = (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+_BROKEN = (OSError, ValueError, asyncio.TimeoutError, aiohttp.ClientError, HttpProcessingError)
 
 
 @attrs.define(eq=False)
@@ -87,11 +101,6 @@ class Dispatcher:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvokeError(f"the function URL must be http:// or https://, got {url!r}")
         self.url = url
-        self._host = parts.hostname
-        self._tls = parts.scheme == "https"
-        self._port = parts.port or (443 if self._tls else 80)
-        self._host_header = parts.netloc.rpartition("@")[2]
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.max_connections = max_connections
         self.calls_per_request = calls_per_request
         self.accept_timeout = accept_timeout
@@ -99,10 +108,14 @@ class Dispatcher:
         self.stats = DispatchStats()
         self._events: deque[CallEvent] = deque()
         self._waiting: deque[_Waiting] = deque()
+        #: Handed over by invoking threads; the loop takes them all at each wake-up (see invoke()).
+        self._inbox: deque[_Waiting] = deque()
+        self._wake_pending = False
         self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pywren-gcp-invoker", daemon=True)
         self._thread.start()
+        self._http = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
 
     def invoke(self, payload: Mapping[str, Any], authorization: str = "") -> None:
         """Send one payload; return when the handler acknowledged it, raise if the platform refused."""
@@ -110,7 +123,13 @@ class Dispatcher:
                "call_ids": [[call["call_id"], call["attempt"]] for call in payload["calls"]]}
         body = json.dumps(payload, separators=(",", ":")).encode()
         item = _Waiting(body, authorization, concurrent.futures.Future(), ids)
-        self._loop.call_soon_threadsafe(self._enqueue, item)
+        self._inbox.append(item)
+        # One wake-up of the loop takes every payload handed over until it runs: a burst of invocations
+        # costs the loop one wake-up, not one each. (The flag is cleared before the inbox is drained, so
+        # an item appended after the drain always finds it cleared and wakes the loop itself.)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._take_inbox)
         try:
             item.accepted.result(timeout=2 * self.accept_timeout)
         except concurrent.futures.TimeoutError:
@@ -126,7 +145,7 @@ class Dispatcher:
         return [self._events.popleft() for _ in range(len(self._events))]
 
     def close(self) -> None:
-        """Drop the open requests and stop the loop thread."""
+        """Drop the open requests, close the connections and stop the loop thread."""
         if self._loop.is_closed():
             return
         with contextlib.suppress(concurrent.futures.TimeoutError):
@@ -138,26 +157,40 @@ class Dispatcher:
 
     # --- on the loop thread --------------------------------------------------------------------
 
+    async def _open(self) -> aiohttp.ClientSession:
+        # The pool holds as many connections as requests may be open, so a request never waits for
+        # one; idle ones are kept for reuse. Only connecting is bounded here: how long the rest may
+        # take is bounded by the two phases of _request.
+        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.accept_timeout)
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=LINE_LIMIT,
+                                     auto_decompress=False)
+
     async def _abandon(self) -> None:
-        """Settle what waits, and let the open requests unwind (close their sockets) before the loop
-        stops: a request left suspended would do that when collected, on a closed loop."""
-        waiting = list(self._waiting)
+        """Settle what waits, let the open requests unwind, then close the connections."""
+        waiting = list(self._waiting) + [self._inbox.popleft() for _ in range(len(self._inbox))]
         self._waiting.clear()
         _settle(waiting, InvokeError("the invocation was abandoned: its session was closed"))
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.close()
 
-    def _enqueue(self, item: _Waiting) -> None:
-        self._waiting.append(item)
-        self._pump()
+    def _take_inbox(self) -> None:
+        self._wake_pending = False
+        while self._inbox:
+            self._waiting.append(self._inbox.popleft())
+        self._pump(pack=False)
 
-    def _pump(self) -> None:
+    def _pump(self, pack: bool = True) -> None:
+        """Start requests while connections are free: one per invocation as they arrive (``pack``
+        False), and, when a connection frees up at the bound, one carrying all that waited for it."""
+        per_request = self.calls_per_request if pack else 1
         while self.stats.open < self.max_connections:
             batch: list[_Waiting] = []
             size = 64
-            while self._waiting and len(batch) < self.calls_per_request:
+            while self._waiting and len(batch) < per_request:
                 item = self._waiting[0]
                 if batch and size + len(item.body) + 1 > MAX_REQUEST_BYTES:
                     break
@@ -183,58 +216,82 @@ class Dispatcher:
         self._pump()
 
     async def _request(self, batch: list[_Waiting]) -> None:
-        writer = None
+        body = b'{"payloads":[' + b",".join(item.body for item in batch) + b"]}"
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
+                   "User-Agent": f"pywren-gcp/{__version__}"}
+        if batch[-1].authorization:
+            headers["Authorization"] = batch[-1].authorization
+        response = None
         try:
             try:
-                reader, writer = await asyncio.wait_for(self._connect(), self.accept_timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
+                # Connecting may take accept_timeout (the session's sock_connect), and the whole exchange up
+                # to the acknowledgement twice that, as invoke() expects.
+                async with timeout_at(self._loop.time() + 2 * self.accept_timeout):
+                    response = await self._http.post(self.url, data=body, headers=headers)
+                    await self._accepted(response)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # nothing was sent
                 _settle(batch, InvokeError(f"cannot connect to the function at {self.url}: {_describe(exc)}"))
-                return
-            body = b'{"payloads":[' + b",".join(item.body for item in batch) + b"]}"
-            writer.write(self._head(len(body), batch[-1].authorization) + body)
-            try:
-                lines = await asyncio.wait_for(self._accepted(reader), self.accept_timeout)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-                _settle(batch, AmbiguousInvokeError(f"the request to {self.url} was sent but the function's "
-                                                    f"acknowledgement was lost: {_describe(exc)}"))
                 return
             except (ThrottledError, InvokeError, AmbiguousInvokeError) as exc:
                 _settle(batch, exc)
                 return
-            except (ValueError, asyncio.LimitOverrunError) as exc:  # not HTTP as the handler speaks it
+            except (aiohttp.ClientResponseError, HttpProcessingError, ValueError) as exc:  # not HTTP as expected
                 _settle(batch, InvokeError(f"the function at {self.url} answered something unreadable: "
                                            f"{_describe(exc)}"))
+                return
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                _settle(batch, AmbiguousInvokeError(f"the request to {self.url} was sent but the function's "
+                                                    f"acknowledgement was lost: {_describe(exc)}"))
                 return
             _settle(batch, None)
             self.stats.accepted += len(batch)
             # Hold the request open while the calls run: the platform gives CPU only to open requests.
-            await self._follow(lines, batch, self._loop.time() + self.hold_timeout)
+            await self._follow(response, batch, self._loop.time() + self.hold_timeout)
         finally:
             _settle(batch, InvokeError("the invocation was abandoned: its session was closed"))
-            if writer is not None:
-                writer.close()
+            if response is not None:
+                # Read to its end, the connection goes back to the pool; otherwise it is closed.
+                response.release()
 
-    async def _follow(self, lines: _Lines, batch: list[_Waiting], deadline: float) -> None:
+    async def _accepted(self, response: aiohttp.ClientResponse) -> None:
+        """Read the acknowledgement line; raise on a refusal."""
+        if response.status != 200:
+            text = await _read_some(response)
+            message = f"the function at {self.url} answered HTTP {response.status}: {text[:300]}"
+            if response.status in RETRYABLE_STATUS:
+                raise ThrottledError(message, retry_after=_retry_after(response))
+            raise InvokeError(message)
+        first = await response.content.readline()
+        if not first:
+            raise AmbiguousInvokeError(f"the function at {self.url} answered 200, then the response ended "
+                                       "before its acknowledgement")
+        if not first.startswith(ACK):
+            raise InvokeError(f"the function at {self.url} answered 200 without accepting the call: {first[:200]!r}")
+
+    async def _follow(self, response: aiohttp.ClientResponse, batch: list[_Waiting], deadline: float) -> None:
         """Read the payloads' lines until ``deadline``; report an error line, and every payload whose
         line never came."""
         waiting = list(batch)
         ending = "ended"
         try:
-            while waiting:
-                line = await asyncio.wait_for(lines.next(), deadline - self._loop.time())
-                if line is None:
-                    break
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                item = next((item for item in waiting if _line_is_for(record, item)), None)
-                if item is None:
-                    continue
-                waiting.remove(item)
-                if record.get("error"):
-                    self._report(item.events("error", f"the worker runtime failed on the function at "
-                                                      f"{self.url}: {record['error']}"))
+            async with timeout_at(deadline):
+                while waiting:
+                    line = await response.content.readline()
+                    if not line:
+                        break
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    item = next((item for item in waiting if _line_is_for(record, item)), None)
+                    if item is None:
+                        continue
+                    waiting.remove(item)
+                    if record.get("error"):
+                        self._report(item.events("error", f"the worker runtime failed on the function at "
+                                                          f"{self.url}: {record['error']}"))
+                if not waiting:  # read to the end (nothing more, as the handler speaks): the connection is reused
+                    await response.read()
         except _BROKEN as exc:
             ending = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"broke ({_describe(exc)})"
         message = (f"the request to {self.url} that ran the call {ending} before the call reported; "
@@ -246,101 +303,11 @@ class Dispatcher:
         self.stats.events += len(events)
         self._events.extend(events)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        context = ssl.create_default_context() if self._tls else None
-        return await asyncio.open_connection(self._host, self._port, ssl=context, limit=_HEAD_LIMIT,
-                                             server_hostname=self._host if self._tls else None)
-
-    def _head(self, length: int, authorization: str) -> bytes:
-        lines = [
-            f"POST {self._path} HTTP/1.1",
-            f"Host: {self._host_header}",
-            "Content-Type: application/json",
-            f"Content-Length: {length}",
-            f"User-Agent: pywren-gcp/{__version__}",
-            "Connection: close",
-        ]
-        if authorization:
-            lines.append(f"Authorization: {authorization}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    async def _accepted(self, reader: asyncio.StreamReader) -> _Lines:
-        """Read the head and the acknowledgement line; raise on a refusal. Returns the lines that follow."""
-        head = await reader.readuntil(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        try:
-            status = int(status_line.split()[1])
-        except (IndexError, ValueError):
-            raise InvokeError(f"the function at {self.url} answered something not HTTP: {status_line[:80]!r}") from None
-        if status != 200:
-            text = await _read_some(reader)
-            message = f"the function at {self.url} answered HTTP {status}: {text[:300]}"
-            if status in RETRYABLE_STATUS:
-                raise ThrottledError(message, retry_after=_retry_after(head))
-            raise InvokeError(message)
-        lines = _Lines(reader, chunked=b"chunked" in _header(head, b"transfer-encoding").lower())
-        first = await lines.next()
-        if first is None:
-            raise AmbiguousInvokeError(f"the function at {self.url} answered 200, then the response ended "
-                                       "before its acknowledgement")
-        if not first.startswith(ACK):
-            raise InvokeError(f"the function at {self.url} answered 200 without accepting the call: {first[:200]!r}")
-        return lines
-
-
-class _Lines:
-    """The lines of a response body after its head, de-chunked when it came chunked."""
-
-    def __init__(self, reader: asyncio.StreamReader, chunked: bool):
-        self._reader = reader
-        self._chunked = chunked
-        self._buffer = b""
-        self._left = 0  # bytes left in the current chunk
-        self._ended = False
-
-    async def next(self) -> bytes | None:
-        """The next line without its newline; None at the end of the body. A body that breaks off
-        raises (OSError, IncompleteReadError) when it was chunked; otherwise it looks like an end."""
-        while b"\n" not in self._buffer:
-            data = await self._read()
-            if not data:
-                rest, self._buffer = self._buffer, b""
-                return rest or None
-            self._buffer += data
-            if len(self._buffer) > _HEAD_LIMIT and b"\n" not in self._buffer:
-                raise ValueError(f"a response line over {_HEAD_LIMIT} bytes")
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
-
-    async def _read(self) -> bytes:
-        if not self._chunked:
-            return await self._reader.read(65536)
-        if self._ended:
-            return b""
-        if not self._left:
-            self._left = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if not self._left:
-                self._ended = True
-                return b""
-        data = await self._reader.readexactly(min(self._left, 65536))
-        self._left -= len(data)
-        if not self._left:
-            await self._reader.readexactly(2)  # the CRLF after a chunk's data
-        return data
-
 
 def _line_is_for(record: dict[str, Any], item: _Waiting) -> bool:
     """Whether a handler's line may report on this payload: every id it names (``job_id``, or more)
     matches. Lines come in the request's order, so the first waiting payload that matches is the one."""
     return isinstance(record, dict) and all(record.get(key, value) == value for key, value in item.ids.items())
-
-
-def _header(head: bytes, name: bytes) -> bytes:
-    for line in head.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == name:
-            return value.strip()
-    return b""
 
 
 def _settle(batch: list[_Waiting], error: BaseException | None) -> None:
@@ -354,22 +321,22 @@ def _settle(batch: list[_Waiting], error: BaseException | None) -> None:
             pass
 
 
-async def _read_some(reader: asyncio.StreamReader) -> str:
+async def _read_some(response: aiohttp.ClientResponse) -> str:
     try:
-        data = await asyncio.wait_for(reader.read(4096), 5)
-    except (OSError, asyncio.TimeoutError):
+        data = await asyncio.wait_for(response.content.read(4096), 5)
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError, HttpProcessingError):
         return ""
     return data.decode("utf-8", "replace").strip()
 
 
-def _retry_after(head: bytes) -> float | None:
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     try:
-        return float(_header(head, b"retry-after"))
+        return float(response.headers.get("Retry-After", ""))
     except ValueError:
         return None
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.IncompleteReadError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the connection closed"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

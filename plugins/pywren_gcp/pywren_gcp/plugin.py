@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google.auth
 import google.auth.exceptions
@@ -21,7 +21,6 @@ from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits
 from pywren_core.errors import InvokeError
 from pywren_core.hookspecs import hookimpl
 from pywren_gcp import deploy as deploy_module
-from pywren_gcp.invoker import Dispatcher
 from pywren_gcp.storage import (
     CREDENTIALS_HINT,
     GcsStore,
@@ -30,6 +29,9 @@ from pywren_gcp.storage import (
     errors_mapped,
     make_client,
 )
+
+if TYPE_CHECKING:
+    from pywren_gcp.invoker import Dispatcher
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
@@ -72,7 +74,8 @@ def pywren_backend_info() -> BackendInfo:
         storage_concurrency=32,
         features={
             "trigger": "HTTP (Cloud Run functions / Cloud Functions gen2), the request held open while the call runs",
-            "invocation": "one event-loop thread; bounded connections; calls packed into a request at the bound",
+            "invocation": "one event-loop thread (aiohttp, keep-alive); bounded connections; calls packed into a "
+                          "request at the bound",
             "isolation": "threads in shared instances, a working directory per call",
         },
     )
@@ -122,6 +125,8 @@ class GcpSession:
         if not (url := self.config["function_url"]):
             with credentials_mapped("looking up the function's URL"):
                 url = deploy_module.lookup_url(self.api(), self.config)
+        from pywren_gcp.invoker import Dispatcher  # aiohttp: clients only, a worker never loads it
+
         with self._lock:
             if self._dispatcher is None:
                 self._dispatcher = Dispatcher(

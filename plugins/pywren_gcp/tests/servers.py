@@ -88,6 +88,9 @@ def start_function(log_dir: Path, source: Path, storage_url: str, threads: int =
 class RecordingProxy:
     """A byte-relaying HTTP proxy in front of the function that records every request it forwards.
 
+    It relays one request per connection: it asks the function to close the connection after its
+    answer (``Connection: close``), so the client sees that too and opens a new one for the next.
+
     It can also refuse the first ``refuse`` requests with ``refuse_status``, as the platform does
     when no instance is free, to test that the client waits and invokes again; and, for the next
     ``drop`` requests, forward them, let the function start the calls, and close the client's
@@ -146,6 +149,8 @@ class RecordingProxy:
                 conn.sendall(f"HTTP/1.1 {self.refuse_status} Refused\r\nContent-Length: 5\r\nRetry-After: 0.1\r\n"
                              "Connection: close\r\n\r\nbusy\n".encode())
                 return
+            head = b"\r\n".join(line for line in head.split(b"\r\n")
+                                 if not line.lower().startswith(b"connection:")) + b"\r\nConnection: close"
             with socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
                 upstream.sendall(head + b"\r\n\r\n" + body)
                 if drop:

@@ -37,6 +37,7 @@ def test_requirements_pin_what_the_client_runs_and_nothing_else() -> None:
     assert {"google-cloud-storage", "google-auth", "requests", "cloudpickle", "pluggy", "attrs"} <= names
     assert "functions-framework" in names
     assert not names & {"pywren-core", "pywren-gcp", "boto3", "botocore", "azure-storage-blob", "pytest"}
+    assert not names & {"aiohttp", "async-timeout"}  # the client's invoker only
     import cloudpickle
 
     assert f"cloudpickle=={cloudpickle.__version__}" in lines  # the worker unpickles what this client pickled
