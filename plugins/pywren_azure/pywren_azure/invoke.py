@@ -17,16 +17,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceResponseError
 from azure.storage.queue import QueueClient
-from urllib3.exceptions import ConnectTimeoutError
 
+from pywren_azure import __version__
 from pywren_azure.errors import retry_after, scrub, translate
 from pywren_core.backend import CallEvent, Pacer
 from pywren_core.errors import AmbiguousInvokeError, ConfigError, InvokeError, ThrottledError
@@ -39,6 +41,9 @@ QUEUE_MESSAGE_CHARS = 64 * 1024
 MAX_PAYLOAD_BYTES = QUEUE_MESSAGE_CHARS * 3 // 4 - 64
 #: Default pace of HTTP invocations (calls/s); queue messages are not paced unless asked.
 DEFAULT_HTTP_RATE = 100.0
+#: Connections kept to the function app: more than the core's invoker threads (64 by default), so
+#: that no POST opens a connection only to drop it afterwards.
+HTTP_POOL = 128
 HTTP_ROUTE = "pywren"
 #: Reading the poison queue: at most every POISON_INTERVAL s, up to POISON_READ messages, each
 #: hidden POISON_HIDE s from the next reader (so the next reads see the ones behind it).
@@ -154,27 +159,50 @@ def _payload_in(content: str) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) and isinstance(payload.get("calls"), list) else None
 
 
-def _reached(exc: requests.RequestException) -> bool:
+def _reached(exc: urllib3.exceptions.HTTPError) -> bool:
     """Whether a failed request may have reached the function app, so its calls may be running:
-    an answer lost after sending. A refused or timed-out connection, a failed TLS handshake or a
-    bad URL sent nothing."""
-    if isinstance(exc, (requests.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
-        return True
-    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError, requests.exceptions.ProxyError)):
-        return False
-    if isinstance(exc, requests.ConnectionError):
-        reason = getattr(exc.args[0] if exc.args else None, "reason", None)
-        return not isinstance(reason, ConnectTimeoutError)  # urllib3's, and NewConnectionError: never connected
-    return False
+    an answer lost after sending. A refused or timed-out connection (``NewConnectionError`` is a
+    ``ConnectTimeoutError``), a failed TLS handshake, a proxy that failed or a bad URL sent nothing."""
+    return isinstance(exc, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError))
+
+
+def _connections(url: str) -> urllib3.PoolManager:
+    """Connections to the function app at ``url``, one per invoker thread, set up as requests would.
+
+    The environment (proxies and ``NO_PROXY``, ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, else
+    certifi's CA bundle) is read here, once: through a ``requests`` session, which reads it on
+    every request, a POST cost the client twice the CPU it costs through urllib3 alone.
+    """
+    with requests.Session() as http:
+        environment = http.merge_environment_settings(url, {}, None, None, None)
+    options: dict[str, Any] = {"num_pools": 1, "maxsize": HTTP_POOL, "retries": False,
+                               "timeout": urllib3.Timeout(connect=10, read=60)}
+    verify, cert = environment["verify"], environment["cert"]
+    if verify is False:
+        options["cert_reqs"] = "CERT_NONE"
+    else:
+        bundle = verify if isinstance(verify, str) else requests.certs.where()
+        options["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+    if cert:
+        options["cert_file"], options["key_file"] = (cert, None) if isinstance(cert, str) else cert
+    proxy = requests.utils.select_proxy(url, environment["proxies"])
+    if not proxy:
+        return urllib3.PoolManager(**options)
+    if proxy.startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests does
+
+        return SOCKSProxyManager(proxy, **options)
+    return urllib3.ProxyManager(proxy, **options)
 
 
 class HttpInvoker:
     """One POST per invocation to the function's HTTP trigger, with the function key in a header."""
 
-    def __init__(self, http: requests.Session, url: str, key: str | None, pace: Pacer, secrets: tuple[str, ...]):
-        self.http = http
+    def __init__(self, url: str, key: str | None, pace: Pacer, secrets: tuple[str, ...]):
         self.url = url
-        self.headers = {"content-type": "application/json", **({"x-functions-key": key} if key else {})}
+        self.headers = {"content-type": "application/json", "user-agent": f"pywren-azure/{__version__}",
+                        **({"x-functions-key": key} if key else {})}
+        self.connections = _connections(url)
         self.pace = pace
         self.secrets = secrets
 
@@ -182,36 +210,37 @@ class HttpInvoker:
         body = encode(payload).encode()
         self.pace.wait()
         try:
-            response = self.http.post(self.url, data=body, headers=self.headers, timeout=(10, 60))
-        except requests.RequestException as exc:
+            # Read whole (preload_content), so the connection goes back to the pool.
+            response = self.connections.urlopen("POST", self.url, body=body, headers=self.headers)
+        except urllib3.exceptions.HTTPError as exc:
             if _reached(exc):
                 # Azure's front end drops connections under sudden bursts; the core sends again.
                 raise AmbiguousInvokeError(scrub(f"the function app at {self.url} took the request but its answer "
                                                  f"was lost: {type(exc).__name__}", self.secrets)) from None
             raise InvokeError(scrub(f"could not reach the function app at {self.url}: {_reason(exc)}",
                                     self.secrets)) from None
-        if response.status_code in (200, 202):
+        status = response.status
+        if status in (200, 202):
             return
-        if response.status_code in (429, 503):
-            busy = f"the function app at {self.url} is busy (HTTP {response.status_code})"
+        if status in (429, 503):
+            busy = f"the function app at {self.url} is busy (HTTP {status})"
             raise ThrottledError(busy, retry_after(response.headers))
-        if response.status_code in (502, 504):  # the front end lost the function's answer
-            raise AmbiguousInvokeError(f"the function app at {self.url} answered HTTP {response.status_code}")
-        if response.status_code in (401, 403):
-            raise InvokeError(f"the function app at {self.url} refused the function key (HTTP "
-                              f"{response.status_code}): check azure.function_key")
-        detail = scrub(response.text[:200], self.secrets)
-        raise InvokeError(f"the function app at {self.url} answered HTTP {response.status_code}: {detail}")
+        if status in (502, 504):  # the front end lost the function's answer
+            raise AmbiguousInvokeError(f"the function app at {self.url} answered HTTP {status}")
+        if status in (401, 403):
+            raise InvokeError(f"the function app at {self.url} refused the function key (HTTP {status}): "
+                              "check azure.function_key")
+        detail = scrub(response.data[:200].decode("utf-8", "replace"), self.secrets)
+        raise InvokeError(f"the function app at {self.url} answered HTTP {status}: {detail}")
 
     def poll_events(self) -> list[CallEvent]:
         """None: the HTTP trigger answers before the calls run, and nothing reports on them later."""
         return []
 
     def close(self) -> None:
-        """Nothing of its own to release: the HTTP connections belong to the session."""
+        self.connections.clear()
 
 
-def _reason(exc: requests.RequestException) -> str:
-    """The innermost cause of a failed connection, e.g. "[Errno 111] Connection refused"."""
-    reason = getattr(exc.args[0] if exc.args else None, "reason", None) or exc
-    return f"{type(exc).__name__}: {reason}"
+def _reason(exc: urllib3.exceptions.HTTPError) -> str:
+    """What went wrong, e.g. "NewConnectionError: ...: [Errno 111] Connection refused"."""
+    return f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"

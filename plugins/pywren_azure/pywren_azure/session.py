@@ -31,7 +31,8 @@ from pywren_core.errors import ConfigError
 
 #: The worker's own connection-string settings, in the order they are tried.
 WORKER_CONNECTION_SETTINGS = ("PYWREN_AZURE_CONNECTION_STRING", "AzureWebJobsStorage")
-#: Enough pooled connections for the client's result-collecting threads and invoker threads.
+#: Enough pooled connections for the client's result-collecting threads and invoker threads (queue
+#: messages go through it; HTTP invocations have a pool of their own, see ``invoke.HTTP_POOL``).
 POOL_CONNECTIONS = 96
 #: Blobs above this size are uploaded as staged blocks, several at once, then committed in one step.
 #: Below it one request is faster (measured against Azurite: a 16 MiB put in 4 MiB blocks ran at
@@ -183,7 +184,7 @@ def connect(config: Mapping[str, Any], role: str) -> AzureSession:
                     pass
             session.invoker = QueueInvoker(queue, poison, pacer(config), secrets)
         else:
-            session.invoker = HttpInvoker(http, function_url(config), config["function_key"], pacer(config), secrets)
+            session.invoker = HttpInvoker(function_url(config), config["function_key"], pacer(config), secrets)
     return session
 
 
