@@ -143,7 +143,10 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
     what = f"Lambda invoke of {name} at {session.lambda_.meta.endpoint_url}"
     with mapped(what, default=InvokeError):
         try:
-            session.lambda_.invoke(FunctionName=name, InvocationType="Event", Payload=body)
+            response = session.lambda_.invoke(FunctionName=name, InvocationType="Event", Payload=body)
+            # Read the (empty) answer to its end: that hands the connection back to the pool. Left unread,
+            # every invocation opened a new connection (and, on AWS, a new TLS session).
+            response["Payload"].read()
         except (ConnectionClosedError, ReadTimeoutError) as exc:
             raise AmbiguousInvokeError(f"{what}: the request was sent but its answer was lost "
                                        f"({type(exc).__name__}); Lambda may have accepted it") from None
