@@ -707,7 +707,11 @@ class FaultConformance(_Isolated):
     interrupt_bound = 10.0
     #: Seconds within which a call that crashed its interpreter must be reported as died.
     crash_notice_bound = 10.0
-    kit_bound = map_deadline + 120.0
+
+    @property
+    def kit_bound(self) -> float:  # type: ignore[override]
+        """Derived, so a suite that raises ``map_deadline`` gets a bound that still exceeds it."""
+        return self.map_deadline + 120.0
 
     def run_under(self, pywren_config: dict[str, Any], faults: dict[str, Any], **overrides: Any) -> tuple[Any, list]:
         settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, "retries": 3}
