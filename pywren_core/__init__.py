@@ -25,6 +25,7 @@ from pywren_core.futures import (  # noqa: E402
 from pywren_core.hookspecs import hookimpl  # noqa: E402
 
 if TYPE_CHECKING:
+    from pywren_core.data import Storage
     from pywren_core.executors import Executor
 
 
@@ -42,6 +43,19 @@ def executor(config: Any = None, *, wrappers: Any = (), **overrides: Any) -> Exe
     if not isinstance(config, config_module.Config):
         config = config_module.load(config, **overrides)
     return Executor(config, wrappers)
+
+
+def storage(config: Any = None, **overrides: Any) -> Storage:
+    """Objects at URLs of the configured backend's schemes, from the client: ``put``, ``get``,
+    ``list``, ``delete`` and ``open`` (the same API as ``current_call().storage`` in a call)."""
+    from pywren_core import config as config_module
+    from pywren_core.data import Storage
+    from pywren_core.plugins import load_backend
+
+    if not isinstance(config, config_module.Config):
+        config = config_module.load(config, **overrides)
+    backend = load_backend(config.backend)
+    return Storage(backend.open(config.backend_section(backend.info), role="client"))
 
 
 def __getattr__(name: str) -> Any:
@@ -66,5 +80,6 @@ __all__ = [
     "executor",
     "get_result",
     "hookimpl",
+    "storage",
     "wait",
 ]

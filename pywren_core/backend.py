@@ -74,6 +74,11 @@ class BackendInfo:
     poll_interval: tuple[float, float] = (0.05, 2.0)
     #: Storage requests the client runs at once while collecting results (1: no thread pool).
     storage_concurrency: int = 32
+    #: URL schemes whose objects the data hooks serve (``("s3",)``); empty: the backend maps over
+    #: in-memory items only. A backend that declares schemes implements every ``pywren_data_*`` hook.
+    data_schemes: Sequence[str] = ()
+    #: Largest ranged read the core asks ``pywren_data_get`` for while streaming an object.
+    data_block_size: int = 8 * 2**20
     #: Free-form facts for ``pywren backends --features`` (trigger kinds, isolation, ...).
     features: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -185,6 +190,22 @@ class Session:
         if keys:
             keys = list(keys)
             retry_throttled(lambda: self._call("pywren_storage_delete", keys=keys))
+
+    def data_list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
+        pairs = retry_throttled(lambda: self._call("pywren_data_list", bucket=bucket, prefix=prefix))
+        return [(key, int(size)) for key, size in pairs or ()]
+
+    def data_get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        return retry_throttled(lambda: self._call("pywren_data_get", bucket=bucket, key=key, byte_range=byte_range))
+
+    def data_put(self, bucket: str, key: str, data: bytes) -> None:
+        data = bytes(data)
+        retry_throttled(lambda: self._call("pywren_data_put", bucket=bucket, key=key, data=data))
+
+    def data_delete(self, bucket: str, keys: Sequence[str]) -> None:
+        if keys:
+            keys = list(keys)
+            retry_throttled(lambda: self._call("pywren_data_delete", bucket=bucket, keys=keys))
 
     def invoke(self, payload: Mapping[str, Any]) -> None:
         self._call("pywren_invoke", payload=payload)

@@ -35,6 +35,14 @@ class AccessDeniedError(StorageError, PermissionError):
     """The credentials may not perform this operation."""
 
 
+class ObjectChangedError(StorageError):
+    """An object being read in pieces changed size after the map was planned."""
+
+
+class URLError(PywrenError, ValueError):
+    """A storage URL the backend does not serve, or that is malformed; names who serves it."""
+
+
 class ThrottledError(PywrenError):
     """The platform asked us to slow down (HTTP 429, SlowDown, 503); the operation may be retried.
 
@@ -119,4 +127,3 @@ class AmbiguousInvokeError(PywrenError):
     The platform may or may not have accepted it. The core invokes again and counts the call's
     possible extra run in ``stats["ambiguous_invokes"]``: a call may then run twice.
     """
-

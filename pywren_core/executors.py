@@ -35,9 +35,11 @@ import attrs
 
 from pywren_core import __version__, manifests, serialize
 from pywren_core import config as config_module
+from pywren_core import data as data_module
 from pywren_core import futures as futures_module
 from pywren_core.backend import Pacer, Session, backoff_delay
 from pywren_core.calls import FAILURES, Call, CallTracker, Job, Outcome
+from pywren_core.data import Storage
 from pywren_core.errors import (
     AmbiguousInvokeError,
     ConfigError,
@@ -151,49 +153,111 @@ class Executor(concurrent.futures.Executor):
         """``concurrent.futures.Executor.submit``: run ``fn(*args, **kwargs)`` remotely."""
         return self._submit_job(fn, [(args, kwargs)], chunksize=1)[0]
 
+    @property
+    def storage(self) -> Storage:
+        """Objects at URLs of this backend's schemes (``put``, ``get``, ``list``, ``delete``, ``open``)."""
+        return Storage(self.session)
+
     def map(  # type: ignore[override]
         self,
         func: Callable[..., Any],
-        iterdata: Iterable[Any],
+        iterdata: Iterable[Any] | str,
         extra_args: Sequence[Any] = (),
         chunksize: int | None = None,
+        *,
+        obj_chunk_size: int | None = None,
+        obj_chunk_number: int | None = None,
     ) -> list[ResponseFuture]:
         """Run ``func(item, *extra_args)`` for each item, one call each; return the futures at once.
 
         ``chunksize`` calls travel in one invocation (default: the ``chunksize`` setting, 1).
+        ``iterdata`` may also name objects in storage: a URL prefix (``"s3://logs/2026/"``), or a
+        list of object URLs or prefixes. Then each call gets a :class:`~pywren_core.data.DataPiece`
+        of one object, cut into pieces of ``obj_chunk_size`` bytes or into ``obj_chunk_number``
+        pieces (default: one per object), aligned to lines.
         """
+        iterdata = self._plan(iterdata, obj_chunk_size, obj_chunk_number)
         calls = [((item, *extra_args), {}) for item in iterdata]
         return self._submit_job(func, calls, chunksize=chunksize or self.config.chunksize)
+
+    def _plan(self, iterdata: Any, chunk_size: int | None, chunk_number: int | None) -> Any:
+        if data_module.is_data(iterdata, self.info.data_schemes):
+            return data_module.plan(self.storage, iterdata, chunk_size, chunk_number)
+        if chunk_size is not None or chunk_number is not None:
+            raise TypeError("obj_chunk_size and obj_chunk_number apply to a map over storage URLs only")
+        return iterdata
 
     def map_reduce(
         self,
         map_func: Callable[..., Any],
-        iterdata: Iterable[Any],
+        iterdata: Iterable[Any] | str,
         reduce_func: Callable[[list[Any]], Any],
         extra_args: Sequence[Any] = (),
         chunksize: int | None = None,
-    ) -> ResponseFuture:
+        *,
+        obj_chunk_size: int | None = None,
+        obj_chunk_number: int | None = None,
+        reduce_by_key: bool = False,
+    ) -> Any:
         """Map, then run ``reduce_func(list_of_map_results)`` as one more remote call.
 
-        Returns the reduce call's future at once; ``.map_futures`` holds the map calls'.
+        Returns the reduce call's future at once; ``.map_futures`` holds the map calls'. With
+        ``reduce_by_key=True`` (a map over storage URLs), one reducer runs per object, on that
+        object's pieces' results, as soon as they are done: a list of futures, one per object in
+        listing order, each with ``.url`` and ``.map_futures``.
         """
-        map_futures = self.map(map_func, iterdata, extra_args=extra_args, chunksize=chunksize)
-        outer = ResponseFuture(self.executor_id, "reduce", "00000")
-        outer.map_futures = map_futures  # type: ignore[attr-defined]
+        pieces = self._plan(iterdata, obj_chunk_size, obj_chunk_number)
+        if reduce_by_key and not data_module.is_data(iterdata, self.info.data_schemes):
+            raise TypeError("reduce_by_key=True needs a map over storage URLs")
+        map_futures = self.map(map_func, pieces, extra_args=extra_args, chunksize=chunksize)
+        if not reduce_by_key:
+            return self._reduce_later([("", map_futures)], reduce_func)[0]
+        groups: dict[str, list[ResponseFuture]] = {}
+        for piece, future in zip(pieces, map_futures, strict=True):
+            groups.setdefault(piece.url, []).append(future)
+        return self._reduce_later(list(groups.items()), reduce_func)
+
+    def _reduce_later(
+        self, groups: list[tuple[str, list[ResponseFuture]]], reduce_func: Callable[[list[Any]], Any]
+    ) -> list[ResponseFuture]:
+        """One future per group, settled by a reduce call submitted once the group's map calls are
+        done. One thread serves every group, in the order they finish."""
+        outers = []
+        for url, map_futures in groups:
+            outer = ResponseFuture(self.executor_id, "reduce", f"{len(outers):05d}")
+            outer.map_futures = map_futures  # type: ignore[attr-defined]
+            outer.url = url  # type: ignore[attr-defined]
+            outers.append(outer)
+            self._uncollected[outer] = None
+
+        ready: queue.SimpleQueue[ResponseFuture] = queue.SimpleQueue()
+        lock = threading.Lock()
+        left = {outer: len(outer.map_futures) for outer in outers}  # type: ignore[attr-defined]
+
+        def one_done(outer: ResponseFuture) -> None:
+            with lock:
+                left[outer] -= 1
+                if left[outer] == 0:
+                    ready.put(outer)
 
         def reduce_when_mapped() -> None:
-            try:
-                results = futures_module.get_result(map_futures, progress=False)
-                inner = self.call_async(reduce_func, results)
-                outer.job_id, outer.call_id = inner.job_id, inner.call_id
-                outer._settle(result=inner.result())
-                outer.stats, outer.stdout, outer.stderr = inner.stats, inner.stdout, inner.stderr
-            except BaseException as exc:
-                outer._settle(exception=exc)
+            for _ in outers:
+                outer = ready.get()
+                try:
+                    results = futures_module.get_result(outer.map_futures, progress=False)  # type: ignore[attr-defined]
+                    inner = self.call_async(reduce_func, results)
+                    outer.job_id, outer.call_id = inner.job_id, inner.call_id
+                    inner.add_done_callback(lambda _, outer=outer, inner=inner: _settle_like(outer, inner))
+                except BaseException as exc:
+                    outer._settle(exception=exc)
 
-        self._uncollected[outer] = None
+        for outer in outers:
+            for future in outer.map_futures:  # type: ignore[attr-defined]
+                future.add_done_callback(lambda _, outer=outer: one_done(outer))
+            if not outer.map_futures:  # type: ignore[attr-defined]
+                ready.put(outer)
         threading.Thread(target=reduce_when_mapped, name="pywren-reduce", daemon=True).start()
-        return outer
+        return outers
 
     def _submit_job(
         self, func: Callable[..., Any], calls: list[tuple[tuple, dict]], chunksize: int
@@ -850,6 +914,12 @@ class _Monitor:
 
 
 _engines: weakref.WeakSet[_Engine] = weakref.WeakSet()
+
+
+def _settle_like(outer: ResponseFuture, inner: ResponseFuture) -> None:
+    outer.stats, outer.stdout, outer.stderr = inner.stats, inner.stdout, inner.stderr
+    exc = inner.exception()
+    outer._settle(exception=exc) if exc is not None else outer._settle(result=inner.result())
 
 
 def _after_fork_in_child() -> None:

@@ -19,7 +19,7 @@ Errors: hooks raise :mod:`pywren_core.errors` types, never an SDK's own. A missi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -83,6 +83,36 @@ def pywren_storage_delete(session: Any, keys: Sequence[str], backend: str) -> No
     ``concurrent.futures.ThreadPoolExecutor`` refuses new work, so fan out on plain threads, or
     fall back to one request at a time.
     """
+
+
+# --- data where it lives: objects in any bucket the backend's credentials reach -----------------
+# Optional as a group: a backend that declares ``BackendInfo.data_schemes`` implements all four.
+# The core parses URLs (``<scheme>://<bucket>/<key>``) and passes the bucket and key; ``local``
+# serves ``file://`` and plain paths with ``bucket`` empty and ``key`` an absolute path.
+
+
+@hookspec(firstresult=True)
+def pywren_data_list(session: Any, bucket: str, prefix: str, backend: str) -> Iterable[tuple[str, int]]:
+    """Data hook. Every object in ``bucket`` whose key starts with ``prefix`` (a plain string
+    prefix), as ``(key, size in bytes)`` pairs, following all pages. A missing bucket raises
+    ``NotFoundError``; a prefix with no objects under it gives nothing."""
+
+
+@hookspec(firstresult=True)
+def pywren_data_get(session: Any, bucket: str, key: str, byte_range: tuple[int, int] | None, backend: str) -> bytes:
+    """Data hook. The object, or bytes ``[start, end)`` of it, as ``pywren_storage_get`` (a range
+    past the end returns what exists; a missing object raises ``NotFoundError``). The core streams
+    large objects through ranged calls of ``data_block_size`` bytes, so this never holds more."""
+
+
+@hookspec(firstresult=True)
+def pywren_data_put(session: Any, bucket: str, key: str, data: bytes, backend: str) -> None:
+    """Data hook. Store ``data`` as the object ``key`` of ``bucket``, atomically, as ``pywren_storage_put``."""
+
+
+@hookspec(firstresult=True)
+def pywren_data_delete(session: Any, bucket: str, keys: Sequence[str], backend: str) -> None:
+    """Data hook. Delete ``keys`` of ``bucket``; missing keys are ignored."""
 
 
 @hookspec(firstresult=True)

@@ -40,6 +40,8 @@ REQUIRED_HOOKS = (
     "pywren_storage_delete",
     "pywren_invoke",
 )
+#: Required of a backend that declares ``BackendInfo.data_schemes``.
+DATA_HOOKS = ("pywren_data_list", "pywren_data_get", "pywren_data_put", "pywren_data_delete")
 
 
 @attrs.frozen
@@ -141,6 +143,12 @@ class Backend:
                 f"backend {self.name!r} ({entry.distribution} {entry.version}) was built for hook API "
                 f"{info.api_version}, but pywren-core {_core_version()} speaks API {API_VERSION}: "
                 f"install matching versions (pip install -U pywren-core {entry.distribution})"
+            )
+        missing = [h for h in DATA_HOOKS if info.data_schemes and not _implemented(pm, h, plugin)]
+        if missing:
+            raise PluginError(
+                f"backend {self.name!r} ({entry.distribution}) declares data_schemes "
+                f"{list(info.data_schemes)} but does not implement {', '.join(missing)}"
             )
         self.info = info
 

@@ -29,6 +29,7 @@ import attrs
 
 from pywren_core import __version__, plugins, serialize
 from pywren_core.backend import Session
+from pywren_core.data import Storage
 from pywren_core.errors import (
     CallFailedError,
     CallTimeoutError,
@@ -67,8 +68,9 @@ _FUNCTION_CACHE_SIZE = 16
 class CallContext:
     """The call running in this thread.
 
-    ``workdir`` is its own scratch directory; ``storage`` is its backend's storage session, for
-    calls that read or write objects of their own (under a prefix of their choosing).
+    ``workdir`` is its own scratch directory. ``storage`` reads and writes objects at URLs of the
+    backend's schemes (``s3://bucket/key``...), as ``pw.storage()`` does on the client; ``session``
+    is the backend's raw session, whose keys live in the job bucket (for tools and tests).
     """
 
     executor_id: str
@@ -76,7 +78,11 @@ class CallContext:
     call_id: str
     attempt: int
     workdir: str
-    storage: Session
+    session: Session
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.session)
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("pywren_call", default=None)
@@ -241,9 +247,7 @@ def run_payload(
     return statuses
 
 
-def _not_yet_reported(
-    payload: dict[str, Any], session: Session, keys: JobKeys, secret: bytes
-) -> list[dict[str, Any]]:
+def _not_yet_reported(payload: dict[str, Any], session: Session, keys: JobKeys, secret: bytes) -> list[dict[str, Any]]:
     """The calls of ``payload`` to run. A sealed payload rests where others can copy it (a queue), so
     one already answered (a replay, or the platform delivering it again after it was done) is not
     run again: one listing per status group it touches, for such payloads only. A status counts

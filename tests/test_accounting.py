@@ -108,7 +108,7 @@ def clean_up_own_job_if_asked(x):
 
     call = current_call()
     if os.environ.get("PYWREN_TEST_CLEAN_WHILE_RUNNING"):
-        delete_jobs(call.storage, JobKeys(call.executor_id, call.job_id).prefix)
+        delete_jobs(call.session, JobKeys(call.executor_id, call.job_id).prefix)
     return x
 
 

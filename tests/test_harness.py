@@ -34,7 +34,7 @@ class ServedBackend:
     @staticmethod
     @hookimpl
     def pywren_backend_info():
-        return attrs.evolve(local.pywren_backend_info(), name="served")
+        return attrs.evolve(local.pywren_backend_info(), name="served", data_schemes=())
 
     @staticmethod
     @hookimpl

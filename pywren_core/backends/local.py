@@ -36,7 +36,7 @@ import pywren_core
 from pywren_core import harness, plugins, worker
 from pywren_core.backend import BackendInfo, ConfigField, Limits
 from pywren_core.config import user_cache_dir
-from pywren_core.errors import ConfigError, NotFoundError, StorageError
+from pywren_core.errors import AccessDeniedError, ConfigError, NotFoundError, StorageError
 from pywren_core.hookspecs import hookimpl
 
 _TMP_PREFIX = ".pywren-tmp-"
@@ -99,6 +99,7 @@ def pywren_backend_info() -> BackendInfo:
         handler="pywren_core.backends.local:worker_main",
         poll_interval=(0.002, 0.02),  # listing a local folder is cheap; a long pause only adds latency
         storage_concurrency=1,
+        data_schemes=("file",),
         features={"trigger": "process pool", "isolation": "warm processes, a working directory per call"},
     )
 
@@ -227,6 +228,63 @@ def pywren_storage_delete(session: LocalSession, keys: Sequence[str]) -> None:
             continue
         session.known_dirs.discard(directory)
         directories.add(os.path.dirname(directory))
+
+
+# --- data: files anywhere on this machine, by absolute path (``bucket`` is always empty) ---------
+
+
+def _data_path(key: str) -> str:
+    if not os.path.isabs(key):
+        raise StorageError(f"{key!r}: local data paths are absolute (the core resolves relative ones)")
+    return os.path.normpath(key)
+
+
+@hookimpl
+def pywren_data_list(bucket: str, prefix: str) -> list[tuple[str, int]]:
+    folder, _, start = _data_path(prefix).rpartition("/") if not prefix.endswith("/") else (prefix[:-1], "", "")
+    found = []
+    for path in _walk(folder or "/", folder + "/", start):
+        with contextlib.suppress(FileNotFoundError):  # deleted while listing
+            found.append((path, os.stat(path).st_size))
+    return found
+
+
+@hookimpl
+def pywren_data_get(bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    path = _data_path(key)
+    try:
+        with open(path, "rb") as f:
+            if byte_range is None:
+                return f.read()
+            start, end = byte_range
+            f.seek(start)
+            return f.read(max(0, end - start))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotFoundError(f"no file at {path}") from None
+    except PermissionError:
+        raise AccessDeniedError(f"you may not read {path}") from None
+
+
+@hookimpl
+def pywren_data_put(bucket: str, key: str, data: bytes) -> None:
+    path = _data_path(key)
+    tmp = os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"could not write {path}: {exc.strerror}") from None
+
+
+@hookimpl
+def pywren_data_delete(bucket: str, keys: Sequence[str]) -> None:
+    for key in keys:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_data_path(key))
 
 
 @hookimpl

@@ -54,7 +54,7 @@ def sleep_for(seconds: float) -> float:
 def storage_round_trip(index: int, prefix: str, nbytes: int) -> dict[str, float]:
     """Write then read ``nbytes`` through the storage session the worker itself uses.
 
-    That session is the running call's (``current_call().storage``): no config and no credential
+    That session is the running call's (``current_call().session``): no config and no credential
     travels as an argument, and the bytes take the same path as the worker's own objects.
     """
     from pywren_core.worker import current_call
@@ -65,11 +65,11 @@ def storage_round_trip(index: int, prefix: str, nbytes: int) -> dict[str, float]
     key = f"{prefix}{index:05d}.{call.attempt}"
     data = os.urandom(nbytes)
     write_start = time.time()
-    call.storage.put(key, data)
+    call.session.put(key, data)
     write_end = time.time()
-    read = call.storage.get(key)
+    read = call.session.get(key)
     read_end = time.time()
-    call.storage.delete([key])
+    call.session.delete([key])
     if read != data:
         raise RuntimeError(f"storage returned {len(read)} bytes that differ from the {nbytes} written")
     return {"bytes": nbytes, "write_start": write_start, "write_end": write_end, "read_end": read_end}

@@ -67,7 +67,7 @@ def wait_host_idle(functions_host: FunctionsHost, invocations: int, timeout: flo
 def leave_mark(x: int) -> int:
     """Writes a blob of its own outside the job, so a run shows even if it reports nothing."""
     call = current_call()
-    call.storage.put(f"{MARKS}{call.executor_id}/{call.job_id}/{call.call_id}/{uuid.uuid4().hex}", b"")
+    call.session.put(f"{MARKS}{call.executor_id}/{call.job_id}/{call.call_id}/{uuid.uuid4().hex}", b"")
     return x
 
 

@@ -1,0 +1,314 @@
+"""Data where it lives: storage URLs, a storage API for user code, and maps over objects in pieces.
+
+``ex.map(f, "s3://logs/2026/", obj_chunk_size=64 * 2**20)`` lists the objects on the client (keys and
+sizes, never their bytes), cuts each into pieces of about that many bytes, and runs one call per
+piece. Each call gets a :class:`DataPiece` and reads its bytes straight from storage, by range.
+
+Pieces are aligned to lines without any coordination between them: a piece ``[start, end)`` owns
+exactly the lines that *begin* inside it. A line begins at 0 and after every ``\\n``. So a worker
+skips to the first line beginning at or after ``start`` and reads on until the first line beginning
+at or after ``end`` (or the end of the object): each line of the object lands in exactly one piece,
+whatever the piece size, CRLF (it ends in ``\\n`` too) or a last line without a newline. A line
+longer than a piece leaves the pieces it covers empty.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from pywren_core.backend import Session
+from pywren_core.errors import NotFoundError, ObjectChangedError, StorageError, URLError
+
+#: Schemes of the backends this project publishes, for an error that names who serves a URL.
+KNOWN_SCHEMES = {"s3": "aws", "gs": "gcp", "az": "azure", "abfs": "azure", "file": "local"}
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+#: Bytes read past a piece's end in its first request, so that its last line usually needs no second.
+_TAIL_ROOM = 64 * 2**10
+
+
+def scheme_of(text: Any) -> str | None:
+    """The URL scheme of ``text`` (lower case), or None when it is not a ``scheme://`` string."""
+    match = _SCHEME.match(text) if isinstance(text, str) else None
+    return match.group(1).lower() if match else None
+
+
+@attrs.frozen
+class ObjectInfo:
+    """One object in storage: its URL and size in bytes."""
+
+    url: str
+    size: int
+
+
+class Storage:
+    """Objects at URLs of the backend's schemes: the same API on the client (``pw.storage()``,
+    ``Executor.storage``) and in a call (``current_call().storage``).
+
+    ``local`` serves ``file://`` URLs and plain paths; cloud backends their own schemes (``s3://``,
+    ``gs://``, ``az://``), in any bucket their credentials reach.
+    """
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.schemes = tuple(s.lower() for s in session.info.data_schemes)
+        self.block_size = max(1, session.info.data_block_size)
+
+    def __repr__(self) -> str:
+        return f"<pywren Storage of the {self.session.name} backend: {', '.join(self.schemes) or 'no'} URLs>"
+
+    def parse(self, url: str) -> tuple[str, str, str]:
+        """``(scheme, bucket, key)`` of a URL this backend serves; a clear error for any other."""
+        if not isinstance(url, str):
+            raise URLError(f"a storage URL must be a string, got {url!r}")
+        scheme = scheme_of(url)
+        name = self.session.name
+        if not self.schemes:
+            raise URLError(
+                f"{url}: the {name} backend cannot read objects from storage URLs (it declares no data_schemes)"
+            )
+        if scheme is None and "file" in self.schemes:
+            return "file", "", os.path.abspath(os.path.expanduser(url)) + ("/" if url.endswith("/") else "")
+        if scheme is None or scheme not in self.schemes:
+            served = ", ".join(f"{s}://" for s in self.schemes)
+            message = f"{url}: the {name} backend serves {served} URLs"
+            owner = KNOWN_SCHEMES.get(scheme or "")
+            if owner and owner != name:
+                install = "" if owner == "local" else f" (pip install pywren-{owner})"
+                message += f"; {scheme}:// URLs are served by the {owner} backend{install}"
+            raise URLError(message)
+        rest = url[len(scheme) + 3 :]
+        if scheme == "file":
+            return "file", "", os.path.abspath(rest) + ("/" if rest.endswith("/") else "")
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise URLError(f"{url}: no bucket in the URL (expected {scheme}://BUCKET/KEY)")
+        return scheme, bucket, key
+
+    @staticmethod
+    def url(scheme: str, bucket: str, key: str) -> str:
+        return f"file://{key}" if scheme == "file" else f"{scheme}://{bucket}/{key}"
+
+    def put(self, url: str, data: bytes) -> None:
+        """Store ``data`` at ``url``, replacing what is there, atomically."""
+        _, bucket, key = self.parse(url)
+        self.session.data_put(bucket, key, data)
+
+    def get(self, url: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The object's bytes, or bytes ``[start, end)`` of it."""
+        _, bucket, key = self.parse(url)
+        return self.session.data_get(bucket, key, tuple(byte_range) if byte_range is not None else None)
+
+    def list(self, url: str) -> list[ObjectInfo]:
+        """Every object whose URL starts with ``url`` (a plain string prefix), with its size."""
+        scheme, bucket, prefix = self.parse(url)
+        return [ObjectInfo(self.url(scheme, bucket, key), size) for key, size in self.session.data_list(bucket, prefix)]
+
+    def delete(self, urls: str | Iterable[str]) -> None:
+        """Delete the objects; missing ones are ignored."""
+        by_bucket: dict[str, list[str]] = {}
+        for url in [urls] if isinstance(urls, str) else urls:
+            _, bucket, key = self.parse(url)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            self.session.data_delete(bucket, keys)
+
+    def open(self, url: str, size: int | None = None) -> io.BufferedReader:
+        """A binary file object that streams the object in ranged reads of ``data_block_size``."""
+        if size is None:
+            scheme, bucket, key = self.parse(url)
+            found = [s for k, s in self.session.data_list(bucket, key) if k == key]
+            if not found:
+                raise NotFoundError(f"{url} does not exist")
+            size = found[0]
+        return DataPiece(url, size, (0, size), storage=self).open(aligned=False)
+
+
+@attrs.frozen
+class DataPiece:
+    """One piece of one object: what a call of a map over storage URLs receives.
+
+    ``byte_range`` is the piece's share of the object, ``[start, end)``; ``open()``, ``read()``
+    and ``lines()`` give the lines that begin inside it, whole (see the module's docstring).
+    Only the URL and the numbers travel to the worker; it reads through its own session.
+    """
+
+    url: str
+    size: int
+    byte_range: tuple[int, int]
+    #: This piece's index among its object's pieces, and how many there are.
+    part: int = 0
+    parts: int = 1
+    storage: Storage | None = attrs.field(default=None, eq=False, repr=False)
+
+    def __getstate__(self) -> tuple:
+        return (self.url, self.size, self.byte_range, self.part, self.parts)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(("url", "size", "byte_range", "part", "parts", "storage"), (*state, None), strict=True):
+            object.__setattr__(self, name, value)
+
+    @property
+    def bucket(self) -> str:
+        return self._storage().parse(self.url)[1]
+
+    @property
+    def key(self) -> str:
+        return self._storage().parse(self.url)[2]
+
+    def _storage(self) -> Storage:
+        if self.storage is not None:
+            return self.storage
+        from pywren_core.worker import current_call
+
+        call = current_call()
+        if call is None:
+            raise StorageError(f"{self.url}: read this piece inside a call, or plan it with pw.storage()")
+        return call.storage
+
+    def open(self, aligned: bool = True) -> io.BufferedReader:
+        """A binary file object over exactly this piece's lines, read from storage as it goes."""
+        storage = self._storage()
+        return io.BufferedReader(_PieceReader(self, storage, storage.block_size, aligned), storage.block_size)
+
+    def read(self) -> bytes:
+        """All of this piece's bytes; usually one ranged read."""
+        storage = self._storage()
+        start, end = self.byte_range
+        block = max(1, end - start + 1 + _TAIL_ROOM)
+        return b"".join(_PieceReader(self, storage, block, True).blocks())
+
+    def lines(self, encoding: str | None = "utf-8", errors: str = "strict") -> Iterator[Any]:
+        """This piece's lines without their ending (``\\n`` or ``\\r\\n``), decoded (``encoding=None``: bytes)."""
+        with self.open() as stream:
+            for raw in stream:
+                line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+                yield line if encoding is None else line.decode(encoding, errors)
+
+
+class _PieceReader(io.RawIOBase):
+    """The bytes of a piece, fetched in ranged reads of ``block`` bytes as they are consumed."""
+
+    def __init__(self, piece: DataPiece, storage: Storage, block: int, aligned: bool):
+        self.piece, self.storage, self.block, self.aligned = piece, storage, block, aligned
+        self._blocks: Iterator[bytes] | None = None
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._blocks is None:
+            self._blocks = self.blocks()
+        while not self._pending:
+            self._pending = next(self._blocks, None)  # type: ignore[arg-type]
+            if self._pending is None:
+                self._pending = b""
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        data = self.storage.get(self.piece.url, (start, end))
+        if len(data) != end - start:
+            raise ObjectChangedError(
+                f"{self.piece.url} changed since the map was planned: it was {self.piece.size} bytes, "
+                f"and bytes {start}-{end} now read as {len(data)}"
+            )
+        return data
+
+    def blocks(self) -> Iterator[bytes]:
+        """The piece as a sequence of byte strings (see the module's docstring for the rule)."""
+        start, end = self.piece.byte_range
+        size = self.piece.size
+        if not self.aligned:
+            for pos in range(start, end, self.block):
+                yield self._fetch(pos, min(end, pos + self.block))
+            return
+        # Skip to the first line beginning at or after start: just past the first "\n" at or
+        # after start - 1.
+        pos = start - 1 if start > 0 else 0
+        skipping = start > 0
+        while pos < size:
+            base = pos
+            block = self._fetch(pos, min(size, pos + self.block))
+            pos += len(block)
+            low = 0
+            if skipping:
+                newline = block.find(b"\n")
+                if newline < 0:
+                    continue
+                low, skipping = newline + 1, False
+                if base + low >= end:
+                    return  # the first line beginning here belongs to a later piece
+            # The piece ends just past the first "\n" at or after end - 1.
+            newline = block.find(b"\n", max(low, end - 1 - base)) if end - 1 - base < len(block) else -1
+            if newline >= 0:
+                yield block[low : newline + 1]
+                return
+            yield block[low:]
+
+
+def plan(
+    storage: Storage, urls: str | Sequence[str], chunk_size: int | None = None, chunk_number: int | None = None
+) -> list[DataPiece]:
+    """The pieces of every object under ``urls``, in URL order then key order.
+
+    A URL ending in ``/`` (or naming only a bucket) is a prefix; any other names one object, or,
+    when no object has exactly that key, the folder ``url + "/"``. Keys ending in ``/`` (folder
+    markers) are skipped. Without a chunk option each object is one piece.
+    """
+    if chunk_size is not None and chunk_number is not None:
+        raise ValueError("give obj_chunk_size or obj_chunk_number, not both")
+    for name, value in (("obj_chunk_size", chunk_size), ("obj_chunk_number", chunk_number)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    pieces: list[DataPiece] = []
+    for url in [urls] if isinstance(urls, str) else urls:
+        for obj in _objects(storage, url):
+            pieces.extend(_cut(obj, chunk_size, chunk_number, storage))
+    return pieces
+
+
+def _objects(storage: Storage, url: str) -> list[ObjectInfo]:
+    scheme, bucket, key = storage.parse(url)
+    listed = sorted(storage.session.data_list(bucket, key))
+    if key and not key.endswith("/"):
+        exact = [(k, s) for k, s in listed if k == key]
+        listed = exact or [(k, s) for k, s in listed if k.startswith(key + "/")]
+    objects = [ObjectInfo(storage.url(scheme, bucket, k), s) for k, s in listed if not k.endswith("/")]
+    if not objects:
+        raise NotFoundError(f"{url}: no objects there to map over")
+    return objects
+
+
+def _cut(obj: ObjectInfo, chunk_size: int | None, chunk_number: int | None, storage: Storage) -> list[DataPiece]:
+    if chunk_number is not None:
+        chunk_size = max(1, math.ceil(obj.size / chunk_number))
+    if chunk_size is None or obj.size <= chunk_size:
+        return [DataPiece(obj.url, obj.size, (0, obj.size), storage=storage)]
+    starts = range(0, obj.size, chunk_size)
+    return [
+        DataPiece(obj.url, obj.size, (s, min(obj.size, s + chunk_size)), i, len(starts), storage)
+        for i, s in enumerate(starts)
+    ]
+
+
+def is_data(iterdata: Any, schemes: Iterable[str] = ()) -> bool:
+    """Whether a map's ``iterdata`` names objects in storage: a string, or a list of URLs that all
+    have a storage scheme (``s3://``, ``gs://``, or one of ``schemes``). Anything else is mapped
+    item by item."""
+    if isinstance(iterdata, str):
+        return True
+    if isinstance(iterdata, (list, tuple)) and iterdata:
+        known = {*KNOWN_SCHEMES, *schemes}
+        return all(scheme_of(item) in known for item in iterdata)
+    return False
