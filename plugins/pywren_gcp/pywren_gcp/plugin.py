@@ -1,4 +1,5 @@
-"""The ``gcp`` backend: Cloud Storage for job objects, a Cloud Run function (gen2) for the calls.
+"""The ``gcp`` backend: Cloud Storage for job objects, a Cloud Run function (gen2) for the calls, and
+``gs://`` URLs for data in any bucket the credentials reach.
 
 Registered under the entry-point group ``pywren`` as ``gcp``; the core routes every ``gcp`` call
 here through a plugin manager of the backend's own, so no hook checks whom a call is for.
@@ -72,6 +73,7 @@ def pywren_backend_info() -> BackendInfo:
         handler="pywren_gcp.handler:handler",
         poll_interval=(0.05, 2.0),
         storage_concurrency=32,
+        data_schemes=("gs",),
         features={
             "trigger": "HTTP (Cloud Run functions / Cloud Functions gen2), the request held open while the call runs",
             "invocation": "one event-loop thread (aiohttp, keep-alive); bounded connections; calls packed into a "
@@ -94,7 +96,8 @@ class GcpSession:
         if role == "client" and not self._emulated() and self.config["credentials_file"]:
             credentials = self.credentials()
         client = make_client(self.config["project"], self.config["storage_endpoint"], credentials)
-        self.store = GcsStore(client, self.config["bucket"])
+        self.bucket = self.config["bucket"]
+        self.store = GcsStore(client)
 
     def _emulated(self) -> bool:
         return bool(self.config["storage_endpoint"] or os.environ.get("STORAGE_EMULATOR_HOST"))
@@ -185,22 +188,46 @@ def pywren_connect(config: Mapping[str, Any], role: str) -> GcpSession:
 
 @hookimpl
 def pywren_storage_put(session: GcpSession, key: str, data: bytes) -> None:
-    session.store.put(key, data)
+    session.store.put(session.bucket, key, data)
 
 
 @hookimpl
 def pywren_storage_get(session: GcpSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
-    return session.store.get(key, byte_range)
+    return session.store.get(session.bucket, key, byte_range)
 
 
 @hookimpl
 def pywren_storage_list(session: GcpSession, prefix: str) -> list[str]:
-    return session.store.list(prefix)
+    return session.store.list(session.bucket, prefix)
 
 
 @hookimpl
 def pywren_storage_delete(session: GcpSession, keys: Sequence[str]) -> None:
-    session.store.delete(keys)
+    session.store.delete(session.bucket, keys)
+
+
+# --- data: objects in any bucket the credentials reach (gs://BUCKET/KEY), on the client (listing,
+# planning) and in the function (ranged reads), through the same store as the job bucket ----------
+
+
+@hookimpl
+def pywren_data_list(session: GcpSession, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    return session.store.list_sizes(bucket, prefix)
+
+
+@hookimpl
+def pywren_data_get(session: GcpSession, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    return session.store.get(bucket, key, byte_range)
+
+
+@hookimpl
+def pywren_data_put(session: GcpSession, bucket: str, key: str, data: bytes) -> None:
+    session.store.put(bucket, key, data)
+
+
+@hookimpl
+def pywren_data_delete(session: GcpSession, bucket: str, keys: Sequence[str]) -> None:
+    session.store.delete(bucket, keys)
 
 
 @hookimpl
@@ -217,7 +244,7 @@ def pywren_poll_events(session: GcpSession) -> list[CallEvent]:
 
 @hookimpl
 def pywren_deploy(session: GcpSession, config: Mapping[str, Any]) -> str:
-    bucket = session.store.bucket
+    bucket = session.store.bucket(session.bucket)
     with errors_mapped(f"creating gs://{bucket.name}"):
         if not bucket.exists():
             session.store.client.create_bucket(bucket, location=config["region"])

