@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import google.auth.exceptions
 import requests
@@ -26,6 +26,8 @@ from google.cloud import storage
 from urllib3.util.retry import Retry
 
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
+
+T = TypeVar("T")
 
 #: Sub-requests per batch request: the Cloud Storage JSON API accepts at most 100.
 BATCH_SIZE = 100
@@ -159,19 +161,21 @@ class GcsStore:
 
     def list(self, bucket: str, prefix: str) -> list[str]:
         """Every key under ``prefix``, following every page."""
-        return [blob.name for blob in self._blobs(bucket, prefix, "items(name),nextPageToken")]
+        return self._listing(bucket, prefix, "items(name),nextPageToken", lambda blob: blob.name)
 
     def list_sizes(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
         """Every ``(key, size)`` under ``prefix``, following every page. A missing bucket is a
         ``NotFoundError`` (Cloud Storage answers 404), an empty prefix an empty list."""
-        return [(blob.name, int(blob.size or 0))
-                for blob in self._blobs(bucket, prefix, "items(name,size),nextPageToken")]
+        return self._listing(bucket, prefix, "items(name,size),nextPageToken",
+                             lambda blob: (blob.name, int(blob.size or 0)))
 
-    def _blobs(self, bucket: str, prefix: str, fields: str) -> list[storage.Blob]:
+    def _listing(self, bucket: str, prefix: str, fields: str, item: Callable[[storage.Blob], T]) -> list[T]:
+        """``item`` of each object under ``prefix``: one request per 1,000 keys, only ``fields`` asked
+        for, each page's objects dropped once read (a job's listing may hold 100,000 keys)."""
         with errors_mapped(f"list gs://{bucket}/{prefix}"):
             blobs = self.client.list_blobs(self.bucket(bucket), prefix=prefix, page_size=1000, fields=fields,
                                            timeout=TIMEOUT, retry=None)
-            return list(blobs)  # the iterator follows every page, inside the error mapping
+            return [item(blob) for blob in blobs]  # the iterator follows every page
 
     def delete(self, bucket: str, keys: Sequence[str]) -> None:
         """Delete ``keys``; missing keys (and a missing bucket) are not an error."""
