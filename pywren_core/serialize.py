@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib.metadata
 import io
 import os
 import pickle
@@ -52,14 +53,25 @@ def _install_locations() -> tuple[tuple[str, ...], frozenset[str]]:
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1)
+def _distributed_packages() -> frozenset[str]:
+    """Top-level names that an installed distribution provides, wherever its files are (a deploy
+    package puts its dependencies beside the handler, with their .dist-info, not in site-packages)."""
+    return frozenset(importlib.metadata.packages_distributions())
+
+
 def is_user_module(name: str) -> bool:
     """True for a module the worker cannot be expected to import: the user's own code.
 
-    Installed code is the standard library, site-packages, and top-level modules in directories
-    that .pth files put on sys.path (editable installs); anything else is the user's.
+    Installed code is the standard library, pywren_core itself, what an installed distribution
+    provides, site-packages, and top-level modules in directories that .pth files put on sys.path
+    (editable installs); anything else is the user's. A worker sends pywren_core's classes (its
+    errors) by reference, so the client catches them as its own.
     """
     top_name = name.partition(".")[0]
     if name == "__main__" or top_name in sys.stdlib_module_names or top_name in sys.builtin_module_names:
+        return False
+    if top_name == "pywren_core" or top_name in _distributed_packages():
         return False
     top = sys.modules.get(top_name)
     filename = getattr(top, "__file__", None)

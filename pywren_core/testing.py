@@ -901,6 +901,261 @@ class BenchConformance(_Isolated):
         results.validate(results.load(tmp_path / "run.json"))
 
 
+def word_corpus(largest: int, seed: int = 7) -> dict[str, bytes]:
+    """Objects (name -> bytes) for word-count tests: every awkward case of line splitting, and
+    sizes up to ``largest``: empty, one byte, no final newline, CRLF, blank lines, a line longer
+    than most pieces, a run of newlines, and text of doubling size (most cut mid-line)."""
+    import random
+
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(500)] + ["the", "a", "ünïcode", "tab\tword"]
+    pool = [" ".join(rng.choices(words, k=rng.randint(0, 12))).encode() for _ in range(2000)]
+
+    def text(size: int, newline: bytes = b"\n") -> bytes:
+        """About ``size`` bytes of lines drawn from the pool, cut at ``size`` (mid-line, usually)."""
+        count = size // 40 + 1
+        out = newline.join(rng.choices(pool, k=count))
+        while len(out) < size:
+            out += newline + newline.join(rng.choices(pool, k=count))
+        return out[:size]
+
+    corpus = {
+        "edge/empty": b"",
+        "edge/one-byte": b"x",
+        "edge/only-newlines": b"\n\n\n\n",
+        "edge/no-final-newline": b"alpha beta\ngamma delta",
+        "edge/crlf": text(600, b"\r\n"),
+        "edge/long-line": b"short line\n" + b" ".join([b"long"] * 200) + b"\nafter the long one\n",
+        "edge/blank-lines": b"one\n\n\ntwo  three\n \n",
+    }
+    size, crlf = 1024, False
+    while size < largest:  # doubling sizes; every other one with CRLF line ends
+        corpus[f"text/{size:010d}"] = text(size, b"\r\n" if crlf else b"\n")
+        size, crlf = size * 2, not crlf
+    corpus[f"text/{largest:010d}"] = text(largest)[:-1] + b"\n"
+    return corpus
+
+
+def count_words(piece: Any) -> collections.Counter[str]:
+    """A map over storage URLs' word count: the words of the lines of one piece."""
+    return collections.Counter(word for line in piece.lines() for word in line.split())
+
+
+def count_lines(piece: Any) -> list[str]:
+    return list(piece.lines())
+
+
+def sum_counters(counters: Sequence[collections.Counter[str]]) -> collections.Counter[str]:
+    return sum(counters, collections.Counter())
+
+
+def expected_words(corpus: Mapping[str, bytes]) -> collections.Counter[str]:
+    return collections.Counter(
+        word for data in corpus.values() for line in data.decode().splitlines() for word in line.split()
+    )
+
+
+class DataConformance(_Isolated):
+    """Data where it lives: the ``pywren_data_*`` hooks through ``pw.storage()``, and maps over
+    storage URLs split into line-aligned pieces.
+
+    Needs a ``pywren_data_url`` fixture besides ``pywren_config``: a URL prefix in a bucket that
+    exists (``"s3://my-test-data/"``), under which each test writes and then deletes its objects.
+    """
+
+    #: Objects in the listing test: more than one page of most list APIs.
+    many_objects = 1050
+    #: The largest object of the word-count corpus.
+    largest_object_bytes = 2 * 2**20
+    #: Piece sizes of the word-count test; the small ones are used on the ``edge/`` objects only
+    #: (1.7 kB: about 250 calls at 7 bytes a piece).
+    piece_sizes = (None, 256 * 2**10)
+    edge_piece_sizes = (7, 100)
+    kit_bound = 300.0
+
+    @pytest.fixture
+    def storage(self, pywren_config: dict[str, Any]) -> Iterator[Any]:
+        store = pw.storage(pywren_config)
+        yield store
+        store.session.close()
+
+    @pytest.fixture
+    def data_prefix(self, storage: Any, pywren_data_url: str) -> Iterator[str]:
+        base = pywren_data_url if pywren_data_url.endswith("/") else pywren_data_url + "/"
+        prefix = f"{base}kit-{new_id()}/"
+        yield prefix
+        storage.delete([o.url for o in storage.list(prefix)])
+
+    def executor(self, pywren_config: dict[str, Any]) -> pw.Executor:
+        return pw.executor(pywren_config, progress=False, timeout=ExecutorConformance.call_timeout)
+
+    def put_all(self, storage: Any, prefix: str, objects: Mapping[str, bytes]) -> None:
+        _parallel(lambda item: storage.put(prefix + item[0], item[1]), list(objects.items()))
+
+    def test_schemes_are_declared(self, storage: Any, pywren_data_url: str) -> None:
+        from pywren_core.data import scheme_of
+
+        assert storage.schemes, "BackendInfo.data_schemes is empty: the backend serves no storage URLs"
+        scheme = scheme_of(pywren_data_url) or "file"
+        assert scheme in storage.schemes, f"pywren_data_url {pywren_data_url!r} is not of {storage.schemes}"
+
+    def test_round_trip_and_ranges(self, storage: Any, data_prefix: str) -> None:
+        data = bytes(range(256)) * 40
+        storage.put(data_prefix + "bytes", data)
+        _assert_same_bytes(storage.get(data_prefix + "bytes"), data, "every byte value")
+        for start, end in [(0, 1), (5, 300), (10239, 10240), (10000, 99999), (20000, 20010), (7, 7)]:
+            got = storage.get(data_prefix + "bytes", (start, end))
+            _assert_same_bytes(got, data[start:end], f"range {start}-{end}")
+        storage.put(data_prefix + "bytes", b"replaced")
+        assert storage.get(data_prefix + "bytes") == b"replaced"
+
+    def test_list_has_sizes_and_is_a_string_prefix(self, storage: Any, data_prefix: str) -> None:
+        objects = {"a/1": b"", "a/22": b"xx", "ab": b"yyy", "b/1": b"z" * 1000}
+        self.put_all(storage, data_prefix, objects)
+        listed = {o.url: o.size for o in storage.list(data_prefix + "a")}
+        assert listed == {data_prefix + k: len(v) for k, v in objects.items() if k.startswith("a")}
+        everything = {o.url: o.size for o in storage.list(data_prefix)}
+        assert everything == {data_prefix + k: len(v) for k, v in objects.items()}
+        assert storage.list(data_prefix + "nothing-here/") == []
+
+    def test_list_follows_every_page(self, storage: Any, data_prefix: str) -> None:
+        names = [f"many/{i:05d}" for i in range(self.many_objects)]
+        _parallel(lambda name: storage.put(data_prefix + name, name.encode()), names)
+        listed = storage.list(data_prefix + "many/")
+        _assert_listed_once([o.url for o in listed], [data_prefix + n for n in names])
+        assert all(o.size == len("many/00000") for o in listed), "a listed size is wrong"
+
+    def test_missing_object_is_not_found(self, storage: Any, data_prefix: str) -> None:
+        with pytest.raises(NotFoundError):
+            storage.get(data_prefix + "missing")
+        with pytest.raises(NotFoundError):
+            storage.get(data_prefix + "missing", (0, 10))
+
+    def test_missing_bucket_is_not_found(self, storage: Any, data_prefix: str) -> None:
+        from pywren_core.data import scheme_of
+
+        scheme = scheme_of(data_prefix) or "file"
+        if scheme == "file":
+            pytest.skip("file URLs have no buckets")
+        url = f"{scheme}://pywren-no-such-bucket-{new_id()[:12]}/x"
+        with pytest.raises(NotFoundError):
+            storage.list(url)
+        with pytest.raises(NotFoundError):
+            storage.get(url)
+
+    def test_delete_is_idempotent(self, storage: Any, data_prefix: str) -> None:
+        storage.put(data_prefix + "gone", b"x")
+        storage.delete([data_prefix + "gone", data_prefix + "never-was"])
+        storage.delete(data_prefix + "gone")
+        assert storage.list(data_prefix + "gone") == []
+
+    def test_open_streams_in_blocks(self, storage: Any, data_prefix: str) -> None:
+        data = b"".join(b"line %d\n" % i for i in range(40_000))
+        storage.put(data_prefix + "stream", data)
+        storage.block_size = 64 * 2**10
+        asked: list[int] = []
+        get = storage.session.data_get
+        storage.session.data_get = lambda b, k, r=None: asked.append(r[1] - r[0]) or get(b, k, r)
+        with storage.open(data_prefix + "stream", size=len(data)) as stream:
+            assert stream.readline() == b"line 0\n"
+            rest = stream.read()
+        _assert_same_bytes(b"line 0\n" + rest, data, "an object read through open()")
+        assert len(asked) >= len(data) // storage.block_size and max(asked) <= storage.block_size, (
+            f"open() should stream in ranged reads of at most {storage.block_size} bytes; it asked for {asked[:5]}"
+        )
+
+    def test_word_count_over_pieces_equals_a_direct_count(self, pywren_config: dict[str, Any], storage: Any,
+                                                          data_prefix: str) -> None:
+        corpus = word_corpus(self.largest_object_bytes)
+        self.put_all(storage, data_prefix, corpus)
+        edges = {k: v for k, v in corpus.items() if k.startswith("edge/")}
+        ex = self.executor(pywren_config)
+        try:
+            runs = [(data_prefix, size, corpus) for size in self.piece_sizes]
+            runs += [(data_prefix + "edge/", size, edges) for size in self.edge_piece_sizes]
+            runs += [([data_prefix + "edge/crlf", data_prefix + "text"], None, {
+                k: v for k, v in corpus.items() if k == "edge/crlf" or k.startswith("text/")})]
+            for urls, size, objects in runs:
+                futures = ex.map(count_words, urls, obj_chunk_size=size)
+                got = sum_counters(ex.get_result(futures))
+                expected = expected_words(objects)
+                differing = dict(list(((got - expected) + (expected - got)).items())[:5])
+                assert got == expected, (
+                    f"word count over {urls} in pieces of {size} bytes: {sum(got.values())} words, expected "
+                    f"{sum(expected.values())}; differing: {differing}"
+                )
+            futures = ex.map(count_words, data_prefix + "text/", obj_chunk_number=5)
+            assert sum_counters(ex.get_result(futures)) == expected_words(
+                {k: v for k, v in corpus.items() if k.startswith("text/")})
+        finally:
+            ex.shutdown()
+
+    def test_every_line_lands_in_exactly_one_piece(self, pywren_config: dict[str, Any], storage: Any,
+                                                   data_prefix: str) -> None:
+        data = b"a\r\nbb\n\nccc\n" + b"x" * 50 + b"\ndd\ne"
+        storage.put(data_prefix + "lines", data)
+        ex = self.executor(pywren_config)
+        try:
+            for size in (1, 3, 10, 64):
+                futures = ex.map(count_lines, data_prefix + "lines", obj_chunk_size=size)
+                pieces = ex.get_result(futures)
+                assert [line for piece in pieces for line in piece] == data.decode().splitlines(), (size, pieces)
+        finally:
+            ex.shutdown()
+
+    def test_map_reduce_by_key_reduces_each_object(self, pywren_config: dict[str, Any], storage: Any,
+                                                   data_prefix: str) -> None:
+        objects = {"r/one": b"a b c\n" * 300, "r/two": b"b c\r\n" * 200 + b"tail", "r/three": b""}
+        self.put_all(storage, data_prefix, objects)
+        ex = self.executor(pywren_config)
+        try:
+            reducers = ex.map_reduce(count_words, data_prefix + "r/", sum_counters, obj_chunk_size=500,
+                                     reduce_by_key=True)
+            by_url = dict(zip((f.url for f in reducers), ex.get_result(reducers), strict=True))
+        finally:
+            ex.shutdown()
+        assert by_url == {data_prefix + k: expected_words({k: v}) for k, v in objects.items()}
+
+    def test_an_object_deleted_after_planning_fails_only_its_calls(self, pywren_config: dict[str, Any],
+                                                                   storage: Any, data_prefix: str) -> None:
+        from pywren_core.data import plan
+
+        self.put_all(storage, data_prefix, {"d/keep": b"kept words\n", "d/gone": b"gone words\n" * 10})
+        pieces = plan(storage, data_prefix + "d/", chunk_size=40)
+        storage.delete(data_prefix + "d/gone")
+        ex = self.executor(pywren_config)
+        try:
+            futures = ex.map(count_words, pieces)
+            pw.wait(futures, timeout=ExecutorConformance.call_timeout * 2)
+        finally:
+            ex.shutdown()
+        for piece, future in zip(pieces, futures, strict=True):
+            if piece.url.endswith("/keep"):
+                assert future.result() == collections.Counter(["kept", "words"])
+            else:
+                with pytest.raises(NotFoundError):
+                    future.result()
+
+    def test_bad_urls_are_refused_before_any_call(self, pywren_config: dict[str, Any], storage: Any,
+                                                  data_prefix: str) -> None:
+        from pywren_core.data import KNOWN_SCHEMES
+        from pywren_core.errors import URLError
+
+        ex = self.executor(pywren_config)
+        try:
+            foreign = next(s for s in KNOWN_SCHEMES if s not in storage.schemes and s != "file")
+            with pytest.raises(URLError, match=f"{foreign}://"):
+                ex.map(count_words, f"{foreign}://bucket/key")
+            with pytest.raises(NotFoundError, match="no objects"):
+                ex.map(count_words, data_prefix + "empty/")
+            with pytest.raises(ValueError, match="obj_chunk_size"):
+                ex.map(count_words, data_prefix, obj_chunk_size=0)
+            with pytest.raises(TypeError, match="storage URLs"):
+                ex.map(count_words, [1, 2], obj_chunk_size=10)
+        finally:
+            ex.shutdown()
+
+
 # --- local servers: the emulators a cloud backend's tests run against ---------------------------
 
 

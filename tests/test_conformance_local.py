@@ -4,7 +4,14 @@ import sys
 
 import pytest
 
-from pywren_core.testing import ExecutorConformance, LocalServer, StorageConformance, free_port, http_status
+from pywren_core.testing import (
+    DataConformance,
+    ExecutorConformance,
+    LocalServer,
+    StorageConformance,
+    free_port,
+    http_status,
+)
 
 
 class TestLocalStorage(StorageConformance):
@@ -13,6 +20,12 @@ class TestLocalStorage(StorageConformance):
 
 class TestLocalExecutor(ExecutorConformance):
     lost_grace = 5.0
+
+
+class TestLocalData(DataConformance):
+    @pytest.fixture
+    def pywren_data_url(self, tmp_path):
+        return f"file://{tmp_path}/data/"
 
 
 def test_the_kit_keeps_the_machines_pywren_setup_out(pytester, monkeypatch, tmp_path):
