@@ -27,18 +27,6 @@ class TestData(DataConformance):
     """The kit's ``pywren_config`` is conftest's (functions-framework and fake-gcs-server), its
     ``pywren_data_url`` the data bucket."""
 
-    #: Pieces of 1 byte over the kit's edge objects are some 23,000 calls, several minutes on two
-    #: cores through the emulators; 1 and 7 byte pieces run below on small objects instead.
-    edge_piece_sizes = (37, 100)
-
-    @pytest.mark.xfail(reason="the worker pickles pywren_core by value: the deploy package's copy is not in "
-                              "site-packages, so pywren_core.serialize.is_user_module counts it as user code, and "
-                              "a NotFoundError raised in the function reaches the client as a copy of the class "
-                              "(still a FileNotFoundError, not pywren_core.errors.NotFoundError)")
-    def test_an_object_deleted_after_planning_fails_only_its_calls(self, pywren_config: dict[str, Any],
-                                                                   storage: Any, data_prefix: str) -> None:
-        super().test_an_object_deleted_after_planning_fails_only_its_calls(pywren_config, storage, data_prefix)
-
 
 @pytest.fixture
 def storage(storage_url: str) -> Iterator[Storage]:
