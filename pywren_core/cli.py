@@ -49,6 +49,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
                     f"{limits.max_runtime:g}",
                     f"{limits.max_concurrency:,}",
                     f"{limits.max_invoke_rate:g}" if limits.max_invoke_rate else "-",
+                    ", ".join(f"{s}://" for s in info.data_schemes) or "-",
                     ", ".join(f"{k}: {v}" for k, v in info.features.items()),
                 ]
             )
@@ -66,7 +67,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
         print(_table(wrappers, ["wrapper", "distribution", "version", "source", "status"]))
     if args.features:
         print()
-        print(_table(features, ["backend", "max payload B", "max runtime s", "concurrency", "invokes/s", "features"]))
+        headers = ["backend", "max payload B", "max runtime s", "concurrency", "invokes/s", "data URLs", "features"]
+        print(_table(features, headers))
     return 0
 
 
