@@ -63,6 +63,15 @@ class Storage:
     def __repr__(self) -> str:
         return f"<pywren Storage of the {self.session.name} backend: {', '.join(self.schemes) or 'no'} URLs>"
 
+    @property
+    def fs(self) -> Any:
+        """These objects as an fsspec filesystem (``pip install fsspec``), for pandas, pyarrow, dask."""
+        try:
+            from pywren_core.filesystem import PywrenFileSystem
+        except ImportError as exc:
+            raise ImportError(f"Storage.fs needs fsspec: pip install fsspec ({exc})") from exc
+        return PywrenFileSystem(self)
+
     def parse(self, url: str) -> tuple[str, str, str]:
         """``(scheme, bucket, key)`` of a URL this backend serves; a clear error for any other."""
         if not isinstance(url, str):
