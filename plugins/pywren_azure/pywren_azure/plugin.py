@@ -1,5 +1,8 @@
 """The ``azure`` backend's hooks: Blob Storage for job objects, Azure Functions for calls.
 
+The data hooks serve ``az://CONTAINER/BLOB`` and ``abfs://CONTAINER/BLOB`` URLs: blobs in any
+container of the configured storage account, through the same blob code as the job container.
+
 Registered under the entry-point group ``pywren`` as ``azure``; the core calls these with keyword
 arguments. Every SDK error leaves here as a :mod:`pywren_core.errors` type.
 """
@@ -10,7 +13,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.storage.blob import BlobProperties, ContainerClient
 
 from pywren_azure import deploy
 from pywren_azure import session as session_module
@@ -18,9 +22,11 @@ from pywren_azure.errors import mapped
 from pywren_azure.invoke import MAX_PAYLOAD_BYTES
 from pywren_azure.session import TRANSFER_CONCURRENCY, AzureSession
 from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits
-from pywren_core.errors import InvokeError, StorageError
+from pywren_core.errors import InvokeError, StorageError, URLError
 from pywren_core.hookspecs import hookimpl
 
+#: Blobs per page of a listing (the service's largest); every page is followed.
+LIST_PAGE_SIZE = 5000
 #: Azure's limit of sub-requests in one blob batch.
 BATCH_SIZE = 256
 #: Threads per batch that delete key by key when a batch cannot be sent (at interpreter exit).
@@ -59,7 +65,9 @@ def pywren_backend_info() -> BackendInfo:
         handler="pywren_azure.function_app:app",
         poll_interval=(0.1, 2.0),
         storage_concurrency=32,
+        data_schemes=("az", "abfs"),
         features={
+            "data": "az://CONTAINER/BLOB and abfs://CONTAINER/BLOB, in the configured storage account",
             "triggers": "queue (default), http",
             "isolation": "calls run as threads in one process per instance, each in its own working directory",
             "per-instance concurrency": "azure.max_concurrency",
@@ -72,63 +80,128 @@ def pywren_connect(config: Mapping[str, Any], role: str) -> AzureSession:
     return session_module.connect(config, role)
 
 
-@hookimpl
-def pywren_storage_put(session: AzureSession, key: str, data: bytes) -> None:
-    with mapped(f"put {key!r}", session.secrets):
+# Blob operations on one container, for the job container (keys shown quoted) and for data
+# containers (objects shown as az:// URLs): ``name`` is what an error message calls the object.
+
+
+def _put(session: AzureSession, container: ContainerClient, key: str, data: bytes, name: str) -> None:
+    with mapped(f"put {name}", session.secrets):
         # Above SINGLE_PUT_BYTES the SDK stages blocks in parallel and commits them in one request,
         # so readers never see a partial object.
-        session.container.upload_blob(key, data, length=len(data), overwrite=True, max_concurrency=TRANSFER_CONCURRENCY)
+        container.upload_blob(key, data, length=len(data), overwrite=True, max_concurrency=TRANSFER_CONCURRENCY)
 
 
-@hookimpl
-def pywren_storage_get(session: AzureSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
-    with mapped(f"get {key!r}", session.secrets):
+def _get(session: AzureSession, container: ContainerClient, key: str, byte_range: tuple[int, int] | None,
+         name: str) -> bytes:
+    with mapped(f"get {name}", session.secrets):
         if byte_range is None:
-            return session.container.download_blob(key, max_concurrency=TRANSFER_CONCURRENCY).readall()
+            return container.download_blob(key, max_concurrency=TRANSFER_CONCURRENCY).readall()
         start, end = byte_range
         if end <= start:  # an empty range still tells a missing key apart
-            session.container.get_blob_client(key).get_blob_properties()
+            container.get_blob_client(key).get_blob_properties()
             return b""
-        # A range past the end returns what exists: the SDK answers Azure's 416 with no bytes.
-        downloader = session.container.download_blob(key, offset=start, length=end - start,
-                                                     max_concurrency=TRANSFER_CONCURRENCY)
+        try:
+            downloader = container.download_blob(key, offset=start, length=end - start,
+                                                 max_concurrency=TRANSFER_CONCURRENCY)
+        except HttpResponseError as exc:
+            if exc.status_code != 416:
+                raise
+            return b""  # the range starts past the end (the blob exists: a missing one is a 404)
+        # A range reaching past the end returns what exists.
         return downloader.readall()
 
 
-@hookimpl
-def pywren_storage_list(session: AzureSession, prefix: str) -> list[str]:
-    with mapped(f"list {prefix!r}", session.secrets):
-        return list(session.container.list_blob_names(name_starts_with=prefix, results_per_page=5000))
+def _delete(session: AzureSession, container: ContainerClient, keys: Sequence[str]) -> None:
+    batches = [keys[i : i + BATCH_SIZE] for i in range(0, len(keys), BATCH_SIZE)]
+    in_threads(lambda batch: _delete_batch(session, container, batch), batches, TRANSFER_CONCURRENCY)
 
 
-def _delete_batch(session: AzureSession, keys: Sequence[str]) -> None:
-    with mapped(f"delete {len(keys)} keys", session.secrets):
+def _delete_batch(session: AzureSession, container: ContainerClient, keys: Sequence[str]) -> None:
+    where = "" if container is session.container else f" of az://{container.container_name}/"
+    with mapped(f"delete {len(keys)} keys{where}", session.secrets):
         try:
-            responses = session.container.delete_blobs(*keys, raise_on_any_failure=False)
+            responses = container.delete_blobs(*keys, raise_on_any_failure=False)
         except RuntimeError as exc:
             if "interpreter shutdown" not in str(exc):
                 raise
             # The SDK builds a batch on a ThreadPoolExecutor, which refuses work once the interpreter
             # exits: the core's cleanup of a script that never shut down then deletes key by key.
-            in_threads(lambda key: _delete_one(session, key), keys, EXIT_DELETE_THREADS)
+            in_threads(lambda key: _delete_one(container, key), keys, EXIT_DELETE_THREADS)
             return
         failed = [r for r in responses if r.status_code not in (200, 202, 404)]
     if failed:
         first = f"{failed[0].status_code} {failed[0].headers.get('x-ms-error-code', '')}"
-        raise StorageError(f"delete: {len(failed)} of {len(keys)} keys failed, the first with {first}")
+        raise StorageError(f"delete{where}: {len(failed)} of {len(keys)} keys failed, the first with {first}")
 
 
-def _delete_one(session: AzureSession, key: str) -> None:
+def _delete_one(container: ContainerClient, key: str) -> None:
     try:
-        session.container.delete_blob(key)
+        container.delete_blob(key)
     except ResourceNotFoundError:
         pass
 
 
 @hookimpl
+def pywren_storage_put(session: AzureSession, key: str, data: bytes) -> None:
+    _put(session, session.container, key, data, repr(key))
+
+
+@hookimpl
+def pywren_storage_get(session: AzureSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    return _get(session, session.container, key, byte_range, repr(key))
+
+
+@hookimpl
+def pywren_storage_list(session: AzureSession, prefix: str) -> list[str]:
+    with mapped(f"list {prefix!r}", session.secrets):
+        return list(session.container.list_blob_names(name_starts_with=prefix, results_per_page=LIST_PAGE_SIZE))
+
+
+@hookimpl
 def pywren_storage_delete(session: AzureSession, keys: Sequence[str]) -> None:
-    batches = [keys[i : i + BATCH_SIZE] for i in range(0, len(keys), BATCH_SIZE)]
-    in_threads(lambda batch: _delete_batch(session, batch), batches, TRANSFER_CONCURRENCY)
+    _delete(session, session.container, keys)
+
+
+# --- data: blobs in any container of the account, as az://CONTAINER/BLOB (or abfs://) -------------
+
+
+def _data(session: AzureSession, bucket: str) -> ContainerClient:
+    """The container a data URL's bucket names: ``container``, or ``container@account.<host>`` (the
+    form abfs:// URLs often take) when the account is this session's own."""
+    container, at, host = bucket.partition("@")
+    account = host.partition(".")[0]
+    if at and account != session.service.account_name:
+        raise URLError(f"az://{bucket}/: account {account!r} is not the configured storage account "
+                       f"{session.service.account_name!r}; pywren reaches the containers of that one only")
+    return session.container_named(container)
+
+
+def _is_folder(blob: BlobProperties) -> bool:
+    """A directory of an account with a hierarchical namespace (ADLS Gen2), listed as an empty blob."""
+    return (blob.metadata or {}).get("hdi_isfolder") == "true"
+
+
+@hookimpl
+def pywren_data_list(session: AzureSession, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    container = _data(session, bucket)
+    with mapped(f"list az://{bucket}/{prefix}", session.secrets):
+        blobs = container.list_blobs(name_starts_with=prefix, include=["metadata"], results_per_page=LIST_PAGE_SIZE)
+        return [(blob.name, blob.size) for blob in blobs if not _is_folder(blob)]
+
+
+@hookimpl
+def pywren_data_get(session: AzureSession, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    return _get(session, _data(session, bucket), key, byte_range, f"az://{bucket}/{key}")
+
+
+@hookimpl
+def pywren_data_put(session: AzureSession, bucket: str, key: str, data: bytes) -> None:
+    _put(session, _data(session, bucket), key, data, f"az://{bucket}/{key}")
+
+
+@hookimpl
+def pywren_data_delete(session: AzureSession, bucket: str, keys: Sequence[str]) -> None:
+    _delete(session, _data(session, bucket), keys)
 
 
 def in_threads(work: Callable[[Any], None], items: Sequence[Any], threads: int) -> None:

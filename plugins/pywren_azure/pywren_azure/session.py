@@ -47,15 +47,28 @@ SDK_RETRIES = 2
 
 @attrs.define(eq=False)
 class AzureSession:
-    """What the hooks share: the container, the invoke channel, and the values to mask in messages."""
+    """What the hooks share: the account's blob service, the invoke channel, and the values to mask
+    in messages. ``container`` is the job container; ``container_named`` gives any other."""
 
     config: dict[str, Any]
     role: str
     http: requests.Session
-    container: ContainerClient
+    service: BlobServiceClient
     secrets: tuple[str, ...]
     #: How invocations reach the function app; clients only.
     invoker: QueueInvoker | HttpInvoker | None = None
+    container: ContainerClient = attrs.field(init=False)
+    _containers: dict[str, ContainerClient] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.container = self.container_named(self.config["container"])
+
+    def container_named(self, name: str) -> ContainerClient:
+        """A client of the container ``name`` in this session's account, on the session's connections."""
+        client = self._containers.get(name)
+        if client is None:
+            client = self._containers.setdefault(name, self.service.get_container_client(name))
+        return client
 
 
 def _http_session() -> requests.Session:
@@ -149,7 +162,8 @@ def _check_config(config: Mapping[str, Any]) -> None:
 
 
 def connect(config: Mapping[str, Any], role: str) -> AzureSession:
-    """Open the container (and, on a client, the invoke channel) for ``config``."""
+    """Open the storage account (and, on a client, the invoke channel) for ``config``; a client
+    creates the job container when it is missing."""
     _check_config(config)
     connection_string, credential = _credentials(config, role)
     secrets = tuple(
@@ -167,12 +181,11 @@ def connect(config: Mapping[str, Any], role: str) -> AzureSession:
             f"the function app's storage settings reach account {blob_service.account_name!r}, but the client "
             f"uses {config['storage_account']!r}: set PYWREN_AZURE_CONNECTION_STRING in the app's settings"
         )
-    container = blob_service.get_container_client(config["container"])
-    session = AzureSession(dict(config), role, http, container, secrets)
+    session = AzureSession(dict(config), role, http, blob_service, secrets)
     if role == "client":
         with mapped(f"create container {config['container']!r}", secrets):
             try:
-                container.create_container()
+                session.container.create_container()
             except ResourceExistsError:
                 pass
         if config["trigger"] == "queue":
@@ -205,7 +218,7 @@ def open_queues(config: Mapping[str, Any], connection_string: str | None, creden
 
 
 def close(session: AzureSession) -> None:
-    session.container.close()
+    session.service.close()  # the container clients share its transport
     if session.invoker is not None:
         session.invoker.close()
     session.http.close()

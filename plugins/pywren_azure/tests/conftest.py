@@ -9,6 +9,7 @@ The host runs the app with the payload key in its settings and with the host.jso
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -20,6 +21,8 @@ from typing import Any
 import attrs
 import pytest
 import requests
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
 from pywren_azure import deploy, plugin
 from servers import azurite_binary
 
@@ -31,6 +34,8 @@ PLANTED_FUNCTION_KEY = "PLANTED-FUNCTION-KEY-" + secrets.token_hex(12)
 #: The function app's payload key (PYWREN_PAYLOAD_KEY), also in every client section below.
 PAYLOAD_KEY = secrets.token_hex(32)
 CONTAINER = "pywren-test"
+#: Where the data tests keep the objects they map over: a container of its own, not the job container.
+DATA_CONTAINER = "pywren-test-data"
 QUEUE = "pywren-calls-test"
 HOST_CONCURRENCY = 8
 HOST_SCRIPT = Path(__file__).with_name("functions_host.py")
@@ -89,7 +94,9 @@ def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -
     """The plugin's real FunctionApp, in a host process of its own with HOST_CONCURRENCY slots.
 
     The worker side gets its storage credentials and payload key from the app's settings
-    (environment), as on Azure, and the queue trigger's settings from the deployed host.json.
+    (environment), as on Azure, and the queue trigger's settings from the deployed host.json. It
+    imports pywren_core and pywren_azure from where this process does (a deployed app runs the
+    client's versions too), so a run of the tree's code tests the tree's worker, not an installed one.
     """
     workdir = tmp_path_factory.mktemp("functions-host")
     host_json = deploy.host_json({**{f.name: f.default for f in plugin.CONFIG}, "max_concurrency": HOST_CONCURRENCY})
@@ -103,6 +110,7 @@ def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -
         "PYWREN_AZURE_MAX_CONCURRENCY": str(HOST_CONCURRENCY),
         "PYWREN_PAYLOAD_KEY": PAYLOAD_KEY,
         "FUNCTIONS_TEST_KEY": PLANTED_FUNCTION_KEY,
+        "PYTHONPATH": os.pathsep.join(filter(None, sys.path)),
     })
     trace = workdir / "trace.jsonl"
     argv = [sys.executable, str(HOST_SCRIPT), "--port", str(port), "--concurrency", str(HOST_CONCURRENCY),
@@ -112,6 +120,17 @@ def functions_host(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -
     server.wait_ready(lambda: http_status(f"{url}/admin/host/status") == 200, "GET /admin/host/status")
     yield FunctionsHost(url, PLANTED_FUNCTION_KEY, trace, workdir / "host.log", host_json["extensions"]["queues"])
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pywren_data_url(azurite: Azurite) -> str:
+    """The data tests' az:// prefix (the core's DataConformance uses it): a container created here,
+    in the account the clients and the host use."""
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    with contextlib.suppress(ResourceExistsError):
+        service.create_container(DATA_CONTAINER)
+    service.close()
+    return f"az://{DATA_CONTAINER}/"
 
 
 @pytest.fixture(autouse=True)

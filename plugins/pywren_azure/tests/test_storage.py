@@ -174,7 +174,7 @@ def bad_server(request: pytest.FixtureRequest) -> Iterator[tuple[type, AzureSess
     http = _http_session()
     service = BlobServiceClient(f"http://127.0.0.1:{server.server_address[1]}/acct",
                                 credential={"account_name": "acct", "account_key": "QUJD"}, **_sdk_options(http))
-    yield handler, AzureSession({}, "worker", http, service.get_container_client("c"), ())
+    yield handler, AzureSession({"container": "c"}, "worker", http, service, ())
     server.shutdown()
     server.server_close()
 
