@@ -7,7 +7,7 @@ so no credential can reach a log or an exception through them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -22,6 +22,9 @@ from botocore.exceptions import (
 from pywren_core.errors import AccessDeniedError, NotFoundError, PywrenError, StorageError, ThrottledError
 
 NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
+#: For data buckets (``s3://`` URLs) a missing bucket is missing too. Not for the job bucket: there the core
+#: reads NotFoundError as "not written yet" or "job cleaned up", and a missing bucket must stop the map.
+DATA_NOT_FOUND = NOT_FOUND | {"NoSuchBucket"}
 DENIED = {"AccessDenied", "AccessDeniedException", "403", "AllAccessDisabled", "InvalidAccessKeyId",
           "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "UnrecognizedClientException"}
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException",
@@ -54,9 +57,11 @@ def http_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-def from_code(code: str, status: int, message: str, default: type[PywrenError] = StorageError) -> PywrenError:
-    """The pywren error for an AWS error code (or, failing a known code, its HTTP status)."""
-    if code in NOT_FOUND:
+def from_code(code: str, status: int, message: str, default: type[PywrenError] = StorageError,
+              missing: Collection[str] = NOT_FOUND) -> PywrenError:
+    """The pywren error for an AWS error code (or, failing a known code, its HTTP status); ``missing``:
+    the codes that mean not found."""
+    if code in missing:
         return NotFoundError(message)
     if code in DENIED or status == 403:
         return AccessDeniedError(message)
@@ -66,14 +71,15 @@ def from_code(code: str, status: int, message: str, default: type[PywrenError] =
 
 
 @contextlib.contextmanager
-def mapped(what: str, default: type[PywrenError] = StorageError) -> Iterator[None]:
+def mapped(what: str, default: type[PywrenError] = StorageError,
+           missing: Collection[str] = NOT_FOUND) -> Iterator[None]:
     """Re-raise botocore errors from the block as pywren errors; ``what`` names the operation."""
     try:
         yield
     except ClientError as exc:
         code, status = error_code(exc), http_status(exc)
         detail = exc.response.get("Error", {}).get("Message") or "no message"
-        raise from_code(code, status, f"{what}: {code or status} ({detail})", default) from None
+        raise from_code(code, status, f"{what}: {code or status} ({detail})", default, missing) from None
     except CREDENTIAL_ERRORS as exc:
         raise credentials_error(what, exc) from None
     except BotoCoreError as exc:

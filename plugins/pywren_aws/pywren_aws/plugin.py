@@ -1,4 +1,5 @@
-"""The ``aws`` backend's hooks: job objects in S3, calls as asynchronous AWS Lambda invocations.
+"""The ``aws`` backend's hooks: job objects in S3, calls as asynchronous AWS Lambda invocations, and
+objects at ``s3://`` URLs in any bucket (the data hooks).
 
 Credentials come only from boto3's own chain (environment, ``~/.aws``, the function's or the
 machine's role); no config field holds one, so nothing secret can travel in a payload. Endpoints
@@ -9,7 +10,7 @@ follow boto3's configuration too (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL_LA
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -21,7 +22,7 @@ from pywren_core.errors import AmbiguousInvokeError, ConfigError, InvokeError
 from pywren_core.hookspecs import hookimpl
 
 from pywren_aws import storage
-from pywren_aws.errors import mapped
+from pywren_aws.errors import DATA_NOT_FOUND, mapped
 
 HANDLER = "pywren_aws.handler.lambda_handler"
 #: Lambda's async payload limit is 256 KB; stay a little under it.
@@ -60,6 +61,9 @@ def pywren_backend_info() -> BackendInfo:
         config=CONFIG,
         handler=HANDLER,
         poll_interval=(0.1, 2.0),
+        # s3://BUCKET/KEY in any bucket the credentials reach, through the session's own S3 client (on the
+        # client to list, in the function to read by range).
+        data_schemes=("s3",),
         features={
             "storage": "S3 (and S3-compatible stores)",
             "trigger": "Lambda asynchronous invoke (InvocationType=Event)",
@@ -129,6 +133,31 @@ def pywren_storage_list(session: AwsSession, prefix: str) -> list[str]:
 @hookimpl
 def pywren_storage_delete(session: AwsSession, keys: Sequence[str]) -> None:
     storage.delete(session.s3, session.bucket, keys)
+
+
+# --- data: objects at s3:// URLs in any bucket, through the same S3 client as the job bucket ------------
+# The same functions as the job bucket's, except that a missing bucket is NotFoundError naming the URL.
+
+
+@hookimpl
+def pywren_data_list(session: AwsSession, bucket: str, prefix: str) -> Iterable[tuple[str, int]]:
+    # A list, not the generator: the core retries a throttled hook call, so the listing must happen inside it.
+    return list(storage.keys_and_sizes(session.s3, bucket, prefix, missing=DATA_NOT_FOUND))
+
+
+@hookimpl
+def pywren_data_get(session: AwsSession, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    return storage.get(session.s3, bucket, key, byte_range, missing=DATA_NOT_FOUND)
+
+
+@hookimpl
+def pywren_data_put(session: AwsSession, bucket: str, key: str, data: bytes) -> None:
+    storage.put(session.s3, bucket, key, data, missing=DATA_NOT_FOUND)
+
+
+@hookimpl
+def pywren_data_delete(session: AwsSession, bucket: str, keys: Sequence[str]) -> None:
+    storage.delete(session.s3, bucket, keys, missing=DATA_NOT_FOUND)
 
 
 @hookimpl

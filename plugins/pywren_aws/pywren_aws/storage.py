@@ -1,14 +1,19 @@
-"""The storage hooks on S3: atomic puts (multipart when large), ranged gets, paged lists, batched deletes."""
+"""The storage hooks on S3: atomic puts (multipart when large), ranged gets, paged lists, batched deletes.
+
+Every function takes the bucket, so the job bucket's hooks and the data hooks (objects at ``s3://`` URLs
+in any bucket) share them; ``missing`` says which AWS error codes mean not found (see
+``errors.DATA_NOT_FOUND``).
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pywren_aws.errors import from_code, mapped
+from pywren_aws.errors import NOT_FOUND, from_code, mapped
 
 #: Objects from this size on go up as a multipart upload, their parts in parallel. Below it one PUT
 #: is as fast (and against moto faster: it reassembles parts in Python); AWS suggests parts from ~100 MB.
@@ -20,13 +25,13 @@ PART_THREADS = 8
 DELETE_BATCH = 1000
 
 
-def put(s3: Any, bucket: str, key: str, data: bytes) -> None:
+def put(s3: Any, bucket: str, key: str, data: bytes, missing: Collection[str] = NOT_FOUND) -> None:
     """One PUT, or a multipart upload whose completion makes all of the object visible at once."""
     if len(data) < MULTIPART_THRESHOLD:
-        with mapped(f"S3 put s3://{bucket}/{key}"):
+        with mapped(f"S3 put s3://{bucket}/{key}", missing=missing):
             s3.put_object(Bucket=bucket, Key=key, Body=data)
         return
-    with mapped(f"S3 multipart put s3://{bucket}/{key}"):
+    with mapped(f"S3 multipart put s3://{bucket}/{key}", missing=missing):
         upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         try:
             part_size = max(PART_SIZE, -(-len(data) // MAX_PARTS))
@@ -51,9 +56,10 @@ def put(s3: Any, bucket: str, key: str, data: bytes) -> None:
             raise
 
 
-def get(s3: Any, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+def get(s3: Any, bucket: str, key: str, byte_range: tuple[int, int] | None,
+        missing: Collection[str] = NOT_FOUND) -> bytes:
     """The object, or bytes [start, end) of it; HTTP ranges are inclusive, hence ``end - 1``."""
-    with mapped(f"S3 get s3://{bucket}/{key}"):
+    with mapped(f"S3 get s3://{bucket}/{key}", missing=missing):
         if byte_range is None:
             return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         start, end = byte_range
@@ -67,17 +73,25 @@ def get(s3: Any, bucket: str, key: str, byte_range: tuple[int, int] | None) -> b
         return response["Body"].read()[: max(0, end - start)]
 
 
+def keys_and_sizes(s3: Any, bucket: str, prefix: str,
+                   missing: Collection[str] = NOT_FOUND) -> Iterator[tuple[str, int]]:
+    """``(key, size)`` of every object under ``prefix``, page after page (1,000 keys each) as they come."""
+    with mapped(f"S3 list s3://{bucket}/{prefix}", missing=missing):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()):
+                yield obj["Key"], obj["Size"]
+
+
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
-    with mapped(f"S3 list s3://{bucket}/{prefix}"):
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", ())]
+    return [key for key, _ in keys_and_sizes(s3, bucket, prefix)]
 
 
-def delete(s3: Any, bucket: str, keys: Sequence[str]) -> None:
+def delete(s3: Any, bucket: str, keys: Sequence[str], missing: Collection[str] = NOT_FOUND) -> None:
     """Quiet batch deletes; S3 reports no error for keys that do not exist, so this is idempotent."""
     for start in range(0, len(keys), DELETE_BATCH):
         batch = keys[start : start + DELETE_BATCH]
-        with mapped(f"S3 delete of {len(batch)} keys in s3://{bucket}"):
+        more = f" and {len(batch) - 1} more keys" if len(batch) > 1 else ""
+        with mapped(f"S3 delete s3://{bucket}/{batch[0]}{more}", missing=missing):
             response = s3.delete_objects(
                 Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
             )
@@ -86,4 +100,4 @@ def delete(s3: Any, bucket: str, keys: Sequence[str]) -> None:
             first = failed[0]
             message = (f"S3 delete s3://{bucket}/{first.get('Key')} (and {len(failed) - 1} more): "
                        f"{first.get('Code')} ({first.get('Message')})")
-            raise from_code(first.get("Code", ""), 0, message)
+            raise from_code(first.get("Code", ""), 0, message, missing=missing)

@@ -19,6 +19,8 @@ import aws_services
 
 FUNCTION = "pywren-tests"
 BUCKET = "pywren-tests"
+#: A second bucket for data at s3:// URLs: the data hooks reach any bucket, not only the job bucket.
+DATA_BUCKET = "pywren-tests-data"
 REGION = "us-east-1"
 PLANTED = {
     "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY7Q3XZ",
@@ -70,6 +72,18 @@ def lambda_server(moto: LocalServer, service_logs: Path,
 def bucket(moto: LocalServer) -> str:
     boto3.client("s3", endpoint_url=moto.url, region_name=REGION).create_bucket(Bucket=BUCKET)
     return BUCKET
+
+
+@pytest.fixture(scope="session")
+def data_bucket(moto: LocalServer) -> str:
+    boto3.client("s3", endpoint_url=moto.url, region_name=REGION).create_bucket(Bucket=DATA_BUCKET)
+    return DATA_BUCKET
+
+
+@pytest.fixture(scope="session")
+def pywren_data_url(data_bucket: str) -> str:
+    """Where the data tests (the core's DataConformance among them) write and read their objects."""
+    return f"s3://{data_bucket}/"
 
 
 @pytest.fixture

@@ -104,3 +104,19 @@ def test_the_deployer_may_pass_the_role_to_lambda_only():
     """create_function hands the function its role: iam:PassRole, limited to Lambda."""
     (passing,) = [s for s in policies()["deployer-policy"]["Statement"] if s["Action"] == "iam:PassRole"]
     assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}
+
+
+def test_a_data_bucket_is_listed_by_the_client_and_read_by_the_function():
+    """README "Data in S3": the client plans a map over s3:// URLs by listing, and never reads the data;
+    the function's role reads the pieces (and may list, so a missing object is NoSuchKey, not AccessDenied)."""
+
+    def granted_on(policy: dict[str, Any], resource: str) -> set[str]:
+        return {a for s in policy["Statement"] if s["Resource"] == resource
+                for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+
+    data = "arn:aws:s3:::my-logs"
+    docs = policies()
+    assert granted_on(docs["client-policy"], data) == {"s3:ListBucket"}
+    assert granted_on(docs["client-policy"], data + "/*") == set()
+    assert granted_on(docs["runner-policy"], data) == {"s3:ListBucket"}
+    assert granted_on(docs["runner-policy"], data + "/*") == {"s3:GetObject"}
