@@ -30,19 +30,19 @@ PAGE = 400
 
 
 class TestData(DataConformance):
-    """The core's kit through the queue trigger, the test host and Azurite.
-
-    With fewer, larger pieces of the kit's edge objects: its 1- and 7-byte pieces make some 26,000
-    calls, and the test host runs about 25 a second on a 2-core machine, far past the kit's time
-    bound. The line rule those pieces test is the core's (its local run keeps them); 31-byte pieces
-    still split CRLF pairs and long lines, through ranged reads of Azurite.
-    """
-
-    edge_piece_sizes = (31, 100)
+    """The core's kit through the queue trigger, the test host and Azurite."""
 
     @pytest.fixture
     def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:
         return {"backend": "azure", "azure": queue_section}
+
+
+class TestDataHttp(DataConformance):
+    """The same through the HTTP trigger."""
+
+    @pytest.fixture
+    def pywren_config(self, http_section: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": "azure", "azure": http_section}
 
 
 @pytest.fixture
