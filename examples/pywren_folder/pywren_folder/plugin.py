@@ -38,9 +38,11 @@ def pywren_backend_info() -> BackendInfo:
         config=(
             ConfigField("root", str, help="folder that holds the objects; the client and its workers share it"),
             ConfigField("processes", int, os.cpu_count() or 1, help="invocations that may run at once"),
+            ConfigField("data_dir", str, "", help="its sub-folders are the folder:// buckets; default ROOT/buckets"),
         ),
         handler="pywren_folder.handler:main",
         poll_interval=(0.01, 0.5),  # listing a folder is cheap: look often
+        data_schemes=("folder",),  # folder://BUCKET/KEY URLs, served by the pywren_data_* hooks below
         features={"trigger": "a new process per invocation", "isolation": "a process per invocation"},
     )
 
@@ -56,6 +58,7 @@ class FolderSession:
     objects: str  # one file per object, named after its key
     staging: str  # where a put writes before renaming the file into place
     invocations: str  # one payload file per invocation, until its process has read it
+    data: str  # the folder whose sub-folders are the buckets of folder:// URLs
     processes: int
     running: list[subprocess.Popen] = attrs.field(factory=list)
     lock: threading.Lock = attrs.field(factory=threading.Lock)
@@ -67,9 +70,10 @@ def pywren_connect(config: Mapping[str, Any], role: str) -> FolderSession:
     # from the platform's environment, since secret config fields never reach workers.
     root = os.path.abspath(os.path.expanduser(config["root"]))
     folders = [os.path.join(root, name) for name in ("objects", "staging", "invocations")]
-    for folder in folders:
+    data = os.path.abspath(os.path.expanduser(config["data_dir"] or os.path.join(root, "buckets")))
+    for folder in [*folders, data]:
         os.makedirs(folder, exist_ok=True)
-    return FolderSession(*folders, processes=config["processes"])
+    return FolderSession(*folders, data=data, processes=config["processes"])
 
 
 # --8<-- [end:connect]
@@ -114,15 +118,20 @@ def pywren_storage_put(session: FolderSession, key: str, data: bytes) -> None:
             raise
 
 
-@hookimpl
-def pywren_storage_get(session: FolderSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
-    path = _path(session, key)
-    with _errors(key), open(path, "rb") as f:
+def _read(path: str, byte_range: tuple[int, int] | None) -> bytes:
+    with open(path, "rb") as f:
         if byte_range is None:
             return f.read()
         start, end = byte_range
         f.seek(start)
         return f.read(max(0, end - start))
+
+
+@hookimpl
+def pywren_storage_get(session: FolderSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    path = _path(session, key)
+    with _errors(key):
+        return _read(path, byte_range)
 
 
 @hookimpl
@@ -141,6 +150,91 @@ def pywren_storage_delete(session: FolderSession, keys: Sequence[str]) -> None:
 
 
 # --8<-- [end:storage]
+
+
+# --8<-- [start:data]
+# Data where it lives (optional): the file KEY in the sub-folder BUCKET of data_dir is the object
+# folder://BUCKET/KEY, so a map can run over folders of files that are already there. Unlike job
+# storage, a key's "/" are sub-folders; as on any disk, a key cannot be both an object and a folder.
+_PUTTING = ".pywren-put-"  # a put's temporary file, in the object's own folder; listings skip it
+
+
+def _bucket(session: FolderSession, bucket: str) -> str:
+    path = os.path.join(session.data, bucket)  # the core cuts the URL at the first "/": no "/" in bucket
+    if bucket in (".", "..") or not os.path.isdir(path):
+        raise NotFoundError(f"no bucket folder://{bucket}/: there is no folder {path}")
+    return path
+
+
+def _data_path(session: FolderSession, bucket: str, key: str) -> str:
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):  # so no key points outside its bucket
+        raise StorageError(f"folder://{bucket}/{key}: a key has no empty, '.' or '..' path segment")
+    return os.path.join(_bucket(session, bucket), *parts)
+
+
+def _walk(folder: str, key_prefix: str, start: str = "") -> Iterator[tuple[str, int]]:
+    """``(key, size)`` of every file below ``folder`` whose name at this level starts with ``start``."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if not entry.name.startswith(start) or entry.name.startswith(_PUTTING):
+            continue
+        if entry.is_dir():  # a symlink to a folder is a folder, as a bucket may be
+            yield from _walk(entry.path, f"{key_prefix}{entry.name}/")
+        else:
+            with contextlib.suppress(FileNotFoundError):  # deleted while we list
+                yield key_prefix + entry.name, entry.stat().st_size
+
+
+@hookimpl
+def pywren_data_list(session: FolderSession, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    folder, _, start = prefix.rpartition("/")  # "2026/01-" lists the names starting "01-" in 2026/
+    top = _bucket(session, bucket)
+    if folder and any(part in ("", ".", "..") for part in folder.split("/")):
+        return []  # no key has such a path segment
+    with _errors(f"folder://{bucket}/{prefix}"):
+        return list(_walk(os.path.join(top, *folder.split("/")), f"{folder}/" if folder else "", start))
+
+
+@hookimpl
+def pywren_data_get(session: FolderSession, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    path, url = _data_path(session, bucket, key), f"folder://{bucket}/{key}"
+    if not os.path.isfile(path):  # nothing there, or a folder
+        raise NotFoundError(f"no object at {url}")
+    with _errors(url):
+        return _read(path, byte_range)
+
+
+@hookimpl
+def pywren_data_put(session: FolderSession, bucket: str, key: str, data: bytes) -> None:
+    path = _data_path(session, bucket, key)
+    with _errors(f"folder://{bucket}/{key}"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Staged in the object's own folder: a rename is atomic only within one file system.
+        fd, staged = tempfile.mkstemp(dir=os.path.dirname(path), prefix=_PUTTING)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(staged, path)
+        except BaseException:
+            os.unlink(staged)
+            raise
+
+
+@hookimpl
+def pywren_data_delete(session: FolderSession, bucket: str, keys: Sequence[str]) -> None:
+    for key in keys:
+        path = _data_path(session, bucket, key)
+        # Nothing there, a folder, or a file where a folder would be: no such object, nothing to do.
+        missing = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+        with _errors(f"folder://{bucket}/{key}"), contextlib.suppress(*missing):
+            os.unlink(path)
+
+
+# --8<-- [end:data]
 
 
 # --8<-- [start:invoke]

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import pywren_core as pw
-from pywren_core.errors import StorageError, WorkerDiedError
+from pywren_core.errors import NotFoundError, StorageError, WorkerDiedError
 from pywren_core.testing import open_session
 
 
@@ -35,6 +35,35 @@ def test_keys_stay_inside_the_folder(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["root"]
     with pytest.raises(StorageError):
         storage.put("", b"x")
+
+
+def test_data_urls_are_files_below_data_dir_and_stay_there(tmp_path):
+    """folder://BUCKET/KEY is the file data_dir/BUCKET/KEY: files already there are served as they are."""
+    data = tmp_path / "data"
+    (data / "logs" / "2026").mkdir(parents=True)
+    (data / "logs" / "2026" / "01.txt").write_bytes(b"already here\n")
+    storage = pw.storage({"backend": "folder", "folder": {"root": str(tmp_path / "root"), "data_dir": str(data)}})
+    try:
+        storage.put("folder://logs/2026/02.txt", b"new\n")
+        assert (data / "logs" / "2026" / "02.txt").read_bytes() == b"new\n"
+        assert [(o.url, o.size) for o in sorted(storage.list("folder://logs/2026/"), key=lambda o: o.url)] == [
+            ("folder://logs/2026/01.txt", 13),
+            ("folder://logs/2026/02.txt", 4),
+        ]
+        assert storage.get("folder://logs/2026/01.txt", (8, 12)) == b"here"
+        for url in ("folder://logs/../outside", "folder://logs/a//b", "folder://logs/./c", "folder://logs/d/"):
+            with pytest.raises(StorageError, match="path segment"):
+                storage.put(url, b"x")
+        with pytest.raises(NotFoundError):
+            storage.put("folder://../outside", b"x")
+        with pytest.raises(NotFoundError):  # a put never creates a bucket
+            storage.put("folder://no-such-bucket/x", b"x")
+        with pytest.raises(NotFoundError):  # a folder is not an object
+            storage.get("folder://logs/2026")
+    finally:
+        storage.session.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "root"]
+    assert not (tmp_path / "root" / "buckets").exists(), "data_dir was given: no ROOT/buckets"
 
 
 def exit_hard(code: int) -> None:

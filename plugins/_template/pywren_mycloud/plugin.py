@@ -26,6 +26,7 @@ def pywren_backend_info() -> BackendInfo:
             ConfigField("api_key", str, "", secret=True, help="credentials; never sent to workers"),
         ),
         handler="pywren_mycloud.handler:handler",
+        # TODO: data_schemes=("mycloud",) once the pywren_data_* hooks below work (see there).
     )
 
 
@@ -67,6 +68,37 @@ def pywren_storage_list(session: MyCloudSession, prefix: str) -> list[str]:
 def pywren_storage_delete(session: MyCloudSession, keys: Sequence[str]) -> None:
     # TODO: delete the keys (in batches where the API allows); missing keys are not an error.
     raise NotImplementedError("pywren_storage_delete")
+
+
+# Data where it lives (optional): users map over objects in any bucket your credentials reach, by
+# URL: ex.map(f, "mycloud://BUCKET/PREFIX/"). The core parses the URL and calls these four with the
+# bucket and key. Implement all four and declare data_schemes in pywren_backend_info, or delete
+# them and TestData in tests/test_conformance.py.
+
+
+@hookimpl
+def pywren_data_list(session: MyCloudSession, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    # TODO: (key, size in bytes) of every object in bucket whose key starts with prefix, following
+    # all pages; a missing bucket raises NotFoundError.
+    raise NotImplementedError("pywren_data_list")
+
+
+@hookimpl
+def pywren_data_get(session: MyCloudSession, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    # TODO: as pywren_storage_get, in any bucket; a missing bucket or object raises NotFoundError.
+    raise NotImplementedError("pywren_data_get")
+
+
+@hookimpl
+def pywren_data_put(session: MyCloudSession, bucket: str, key: str, data: bytes) -> None:
+    # TODO: as pywren_storage_put (atomic), in any bucket; a missing bucket raises NotFoundError.
+    raise NotImplementedError("pywren_data_put")
+
+
+@hookimpl
+def pywren_data_delete(session: MyCloudSession, bucket: str, keys: Sequence[str]) -> None:
+    # TODO: as pywren_storage_delete, in any bucket; missing keys are not an error.
+    raise NotImplementedError("pywren_data_delete")
 
 
 @hookimpl
