@@ -107,6 +107,37 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run one call and compare its worker with this client; exit 1 when what calls need differs."""
+    import importlib
+
+    import pywren_core as pw
+    from pywren_core import doctor
+
+    function = None
+    if args.function:
+        module, _, attr = args.function.partition(":")
+        function = importlib.import_module(module)
+        for part in filter(None, attr.split(".")):
+            function = getattr(function, part)
+    with pw.executor(**({"backend": args.backend} if args.backend else {}), progress=False) as ex:
+        rows = doctor.check(ex, function, args.package, timeout=args.timeout)
+        name = ex.info.name
+    shown = rows if args.all else [r for r in rows if r.verdict != "same"]
+    marks = {"same": "", "differs": "differs", "breaks": "BREAKS CALLS"}
+    if shown:
+        table = [[r.what, r.client, r.worker, marks[r.verdict]] for r in shown]
+        print(_table(table, ["", "client", f"{name} worker", ""]))
+    broken = [r.what for r in rows if r.verdict == "breaks"]
+    if broken:
+        print(f"\n{len(broken)} difference(s) calls depend on: {', '.join(broken)}. Install the client's versions "
+              f"on the workers (the {name} backend's README says how), or match the client to them.")
+        return 1
+    same = sum(r.verdict == "same" for r in rows)
+    print(f"nothing calls depend on differs on the {name} workers ({same} of {len(rows)} facts the same)")
+    return 0
+
+
 def _hello(x: int) -> str:
     return f"hello {x}"
 
@@ -249,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     test = command("test", cmd_test, "run a hello-world map on the configured backend")
     test.add_argument("--calls", type=positive(int), default=10, help="calls to run (default: 10)")
     test.add_argument("--timeout", type=positive(float), default=300, help="seconds to wait for them (default: 300)")
+    doctor = command("doctor", cmd_doctor, "compare this client with the backend's workers (runs one call)")
+    doctor.add_argument("--package", action="append", default=[], metavar="DIST",
+                        help="a distribution your calls need (repeatable); compared strictly")
+    doctor.add_argument("--function", metavar="MODULE:NAME",
+                        help="a function whose imports must match (its module is imported here)")
+    doctor.add_argument("--all", action="store_true", help="show the facts that are the same too")
+    doctor.add_argument("--timeout", type=positive(float), default=300, help="seconds to wait (default: 300)")
     clean = command("clean", cmd_clean, "delete the storage objects of a job or an executor")
     clean.add_argument("target", nargs="?", help="EXECUTOR_ID or EXECUTOR_ID/JOB_ID")
     clean.add_argument("--all", action="store_true", help="every job's objects")

@@ -942,4 +942,10 @@ def _remote_exception(job: Job, call_id: str, error: dict[str, Any]) -> BaseExce
     if not isinstance(exc, BaseException):
         exc = RemoteError(error.get("type", "Exception"), error.get("message", ""))
     exc.__cause__ = RemoteTraceback(error.get("traceback", ""))
+    if isinstance(exc, ImportError):
+        from pywren_core.doctor import import_note
+
+        note = import_note(exc, job.base_payload["backend"])
+        if note:
+            exc.add_note(note)
     return exc
