@@ -23,6 +23,10 @@ MISSING_BUCKET = "pywren-no-such-data-bucket"
 class TestData(DataConformance):
     """The core's data kit: listing, ranges, missing objects and buckets, maps in line-aligned pieces."""
 
+    #: The issue's corpus: about two dozen objects from 0 bytes to 40 MB, in pieces of 4 MiB.
+    largest_object_bytes = 40 * 2**20
+    piece_sizes = (None, 4 * 2**20)
+
     @pytest.fixture
     def pywren_config(self, pywren_config: dict[str, Any], lambda_server: LocalServer) -> dict[str, Any]:
         return pywren_config

@@ -32,6 +32,10 @@ PAGE = 400
 class TestData(DataConformance):
     """The core's kit through the queue trigger, the test host and Azurite."""
 
+    #: The issue's corpus: about two dozen objects from 0 bytes to 40 MB, in pieces of 4 MiB.
+    largest_object_bytes = 40 * 2**20
+    piece_sizes = (None, 4 * 2**20)
+
     @pytest.fixture
     def pywren_config(self, queue_section: dict[str, Any]) -> dict[str, Any]:
         return {"backend": "azure", "azure": queue_section}

@@ -27,6 +27,10 @@ class TestData(DataConformance):
     """The kit's ``pywren_config`` is conftest's (functions-framework and fake-gcs-server), its
     ``pywren_data_url`` the data bucket."""
 
+    #: The issue's corpus: about two dozen objects from 0 bytes to 40 MB, in pieces of 4 MiB.
+    largest_object_bytes = 40 * 2**20
+    piece_sizes = (None, 4 * 2**20)
+
 
 @pytest.fixture
 def storage(storage_url: str) -> Iterator[Storage]:
