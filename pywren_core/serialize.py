@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib.metadata
 import io
 import os
 import pickle
@@ -53,25 +52,44 @@ def _install_locations() -> tuple[tuple[str, ...], frozenset[str]]:
 
 
 @functools.lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=1)
-def _distributed_packages() -> frozenset[str]:
-    """Top-level names that an installed distribution provides, wherever its files are (a deploy
-    package puts its dependencies beside the handler, with their .dist-info, not in site-packages)."""
-    return frozenset(importlib.metadata.packages_distributions())
+@functools.lru_cache(maxsize=64)
+def _distributed_beside(directory: str) -> frozenset[str]:
+    """Top-level names that the ``.dist-info`` folders in ``directory`` say they installed there: a
+    deploy package puts its dependencies beside the handler, not in site-packages. Reads one
+    folder's listing, and small files only for the distributions found in it."""
+    names: set[str] = set()
+    try:
+        infos = [e for e in os.listdir(directory) if e.endswith(".dist-info")]
+    except OSError:
+        return frozenset()
+    for info in infos:
+        base = os.path.join(directory, info)
+        try:
+            with open(os.path.join(base, "top_level.txt"), encoding="utf-8") as f:
+                names.update(line.strip() for line in f if line.strip())
+            continue
+        except OSError:
+            pass
+        try:  # no top_level.txt (newer build backends): the first path part of each file recorded
+            with open(os.path.join(base, "RECORD"), encoding="utf-8") as f:
+                names.update(line.split("/", 1)[0].split(",", 1)[0].removesuffix(".py") for line in f)
+        except OSError:
+            continue
+    return frozenset(names)
 
 
 def is_user_module(name: str) -> bool:
     """True for a module the worker cannot be expected to import: the user's own code.
 
-    Installed code is the standard library, pywren_core itself, what an installed distribution
-    provides, site-packages, and top-level modules in directories that .pth files put on sys.path
-    (editable installs); anything else is the user's. A worker sends pywren_core's classes (its
-    errors) by reference, so the client catches them as its own.
+    Installed code is the standard library, pywren_core itself, site-packages, top-level modules
+    in directories that .pth files put on sys.path (editable installs), and packages that a
+    ``.dist-info`` beside them says a distribution installed; anything else is the user's. A worker
+    so sends pywren_core's classes (its errors) by reference, and the client catches them as its own.
     """
     top_name = name.partition(".")[0]
     if name == "__main__" or top_name in sys.stdlib_module_names or top_name in sys.builtin_module_names:
         return False
-    if top_name == "pywren_core" or top_name in _distributed_packages():
+    if top_name == "pywren_core":
         return False
     top = sys.modules.get(top_name)
     filename = getattr(top, "__file__", None)
@@ -82,7 +100,7 @@ def is_user_module(name: str) -> bool:
     trees, pth_dirs = _install_locations()
     if parent in pth_dirs or any(location.startswith(tree + os.sep) for tree in trees):
         return False
-    return True
+    return top_name not in _distributed_beside(parent)
 
 
 def _code_keeping_filename(code: types.CodeType) -> Any:
