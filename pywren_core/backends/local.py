@@ -13,8 +13,10 @@ import atexit
 import contextlib
 import errno
 import functools
+import gc
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -39,6 +41,7 @@ from pywren_core.config import user_cache_dir
 from pywren_core.errors import AccessDeniedError, ConfigError, NotFoundError, StorageError
 from pywren_core.hookspecs import hookimpl
 
+_log = logging.getLogger("pywren_core")
 _TMP_PREFIX = ".pywren-tmp-"
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -95,6 +98,13 @@ def pywren_backend_info() -> BackendInfo:
         config=(
             ConfigField("storage_dir", str, default_storage_dir(), help="directory that holds the job objects"),
             ConfigField("workers", int, 0, help="worker processes; 0 means one per CPU"),
+            ConfigField(
+                "start",
+                str,
+                "fork",
+                help="how worker processes start: fork (copies of the client made when the pool starts; "
+                "Linux 5.3+, else spawn) or spawn (fresh interpreters)",
+            ),
         ),
         handler="pywren_core.backends.local:worker_main",
         poll_interval=(0.002, 0.02),  # listing a local folder is cheap; a long pause only adds latency
@@ -108,12 +118,16 @@ def pywren_backend_info() -> BackendInfo:
 class LocalSession:
     root: str
     workers: int
+    start: str = "fork"
     known_dirs: set[str] = attrs.field(factory=set)
 
 
 @hookimpl
 def pywren_connect(config: Mapping[str, Any], role: str) -> LocalSession:
-    return LocalSession(_storage_root(config["storage_dir"]), config["workers"] or os.cpu_count() or 1)
+    start = config.get("start", "fork")
+    if start not in START_METHODS:
+        raise ConfigError(f"local.start must be one of {', '.join(START_METHODS)}, got {start!r}")
+    return LocalSession(_storage_root(config["storage_dir"]), config["workers"] or os.cpu_count() or 1, start)
 
 
 def _storage_root(storage_dir: str) -> str:
@@ -291,20 +305,23 @@ def pywren_data_delete(bucket: str, keys: Sequence[str]) -> None:
 def pywren_invoke(session: LocalSession, payload: Mapping[str, Any]) -> None:
     # The workers run in a scratch directory: a relative storage_dir reaches them resolved.
     config = {**payload["config"], "storage_dir": session.root}
-    WorkerPool.shared(session.workers).submit({**payload, "config": config})
+    WorkerPool.shared(session.workers, session.start).submit({**payload, "config": config})
 
 
 @hookimpl
 def pywren_prepare(session: LocalSession) -> None:
-    WorkerPool.shared(session.workers)  # started now, so the workers are warm by the first call
+    WorkerPool.shared(session.workers, session.start)  # started now, so the workers are warm by the first call
 
 
 @hookimpl
 def pywren_cancel(session: LocalSession, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
-    WorkerPool.shared(session.workers).cancel(executor_id, job_id, call_ids)
+    WorkerPool.shared(session.workers, session.start).cancel(executor_id, job_id, call_ids)
 
 
 # --- the worker processes ------------------------------------------------------------------
+
+#: Values of ``local.start``: how the pool starts its worker processes.
+START_METHODS = ("fork", "spawn")
 
 
 def worker_main(fd: int) -> None:
@@ -345,9 +362,365 @@ def worker_main(fd: int) -> None:
             return
 
 
+@functools.cache
+def fork_available() -> bool:
+    """Whether workers can come from a zygote here: Linux with pidfds (5.3+) and Python's fd passing."""
+    if sys.platform != "linux" or not all(
+        (hasattr(os, "pidfd_open"), hasattr(signal, "pidfd_send_signal"), hasattr(socket, "send_fds"))
+    ):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # an older kernel, or a sandbox that forbids the call
+        return False
+    return True
+
+
+class _ZygoteGone(Exception):
+    """The zygote cannot fork workers any more: it died, hung or was closed."""
+
+
+class _Zygote:
+    """The client's end of the pool's zygote: a fork of the client made when the pool starts, whose
+    only work is to fork the pool's worker processes and report how each one ended.
+
+    Why fork the client, and why early: a fresh interpreter needs 150 ms or more to import
+    pywren_core and its dependencies and scan the entry points, and the first calls of a new
+    executor waited for it. A fork of the client has all that loaded already. It is made in
+    ``pywren_prepare``, on the thread that creates the first executor, so normally before the core
+    has started a thread of its own, whose locks a fork could copy while held; from then on the
+    zygote is single-threaded, so every later worker (the first ones, and replacements after a
+    crash, a timeout or a cancel) is a fork of a quiet, single-threaded process, made in a
+    millisecond or two. The zygote first makes itself look like a new process (see
+    :func:`_become_a_fresh_process`); nothing the user's script did runs again in it or in a worker,
+    which runs only :func:`worker_main`.
+
+    The workers are the zygote's children, not the client's: the zygote sends a pidfd with each
+    one, through which the client can kill it without ever hitting a recycled pid, and reports
+    each one's exit code, which only a parent can collect.
+    """
+
+    #: Longest the pool waits for the zygote to answer a fork request before it gives up on it.
+    ANSWER_WAIT = 10.0
+    #: Longest the zygote gets to leave once told to (it leaves at once unless it hangs).
+    CLOSE_WAIT = 1.0
+
+    def __init__(self, pid: int, sock: socket.socket):
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.sock = sock
+        #: Held while talking to the zygote: the supervisor and a closing thread may both.
+        self.lock = threading.Lock()
+        #: Exit codes reported and not yet collected, by pid.
+        self.exits: dict[int, int] = {}
+        #: Answers to fork requests: (pid, pidfd).
+        self.forked: deque[tuple[int, int]] = deque()
+        self.gone = False
+        #: How the zygote ended, once it has.
+        self.code: int | None = None
+
+    @classmethod
+    def start(cls, scratch: str) -> _Zygote | None:
+        """Fork the zygote (None when the fork fails: the pool then spawns interpreters)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: fresh interpreters may still fit
+            ours.close()
+            theirs.close()
+            _log.warning("local worker pool: cannot fork a zygote (%s); workers start as fresh interpreters", exc)
+            return None
+        if pid == 0:  # the zygote: never returns into the client's code, and runs no atexit handler
+            code = 1
+            try:
+                ours.close()
+                _zygote_main(theirs, scratch)
+                code = 0
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        return cls(pid, ours)
+
+    def fork_workers(self, count: int) -> list[tuple[_ForkedProcess, Connection]]:
+        """``count`` new worker processes, forked by the zygote, with the client's ends of their sockets.
+
+        All the requests go out before the first answer is read, so the workers of a new pool
+        cost one round trip to the zygote, not one each.
+        """
+        pairs = [socket.socketpair() for _ in range(count)]
+        try:
+            with self.lock:
+                if self.gone:
+                    raise _ZygoteGone("the zygote is closed")
+                try:
+                    for _, theirs in pairs:
+                        socket.send_fds(self.sock, [b"fork"], [theirs.fileno()])
+                except OSError:
+                    self._lost()
+                    raise _ZygoteGone("the zygote stopped listening") from None
+                give_up = time.monotonic() + self.ANSWER_WAIT
+                while len(self.forked) < count:
+                    if self.gone:
+                        raise _ZygoteGone("the zygote exited")
+                    if not self._read(give_up - time.monotonic()) and time.monotonic() >= give_up:
+                        self._lost()
+                        raise _ZygoteGone(f"the zygote did not answer within {self.ANSWER_WAIT:.0f} s")
+                answers = [self.forked.popleft() for _ in range(count)]
+        except BaseException:
+            for ours, _ in pairs:
+                ours.close()
+            raise
+        finally:
+            for _, theirs in pairs:
+                theirs.close()
+        return [
+            (_ForkedProcess(self, pid, pidfd), Connection(ours.detach()))
+            for (ours, _), (pid, pidfd) in zip(pairs, answers, strict=True)
+        ]
+
+    def drain(self) -> None:
+        """Take in whatever the zygote has reported (the supervisor calls this when it has)."""
+        with self.lock:
+            while not self.gone and self._read(0):
+                pass
+
+    def _read(self, timeout: float) -> bool:
+        """Take in one message, waiting up to ``timeout`` seconds for it; whether one came (the lock is held)."""
+        if self.gone or not select.select([self.sock], [], [], max(0.0, timeout))[0]:
+            return False
+        try:
+            message, fds, _, _ = socket.recv_fds(self.sock, 256, 1)
+        except OSError:
+            message, fds = b"", []
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        word, *numbers = message.split() or [b""]
+        if word == b"forked" and fds:
+            self.forked.append((int(numbers[0]), fds[0]))
+        elif word == b"exit":
+            self.exits[int(numbers[0])] = int(numbers[1])
+        else:  # the end of the socket: the zygote is gone
+            for fd in fds:
+                os.close(fd)
+            self._lost()
+        return True
+
+    def _lost(self) -> None:
+        """The zygote died or hangs: end it; the pool spawns fresh interpreters from now on."""
+        if self.gone:
+            return
+        self._end()
+        _log.warning(
+            "local worker pool: its zygote process %d %s; new workers start as fresh interpreters",
+            self.pid,
+            _how_it_ended(self.code),
+        )
+
+    def close(self) -> None:
+        """Tell the zygote to leave (its workers have left already), and wait for it."""
+        with self.lock:
+            if not self.gone:
+                with contextlib.suppress(OSError):
+                    self.sock.send(b"stop")
+                self._end()
+
+    def _end(self) -> None:
+        self.gone = True
+        self.sock.close()
+        while self.forked:  # answers nobody will collect now (their workers leave: their sockets are closed)
+            os.close(self.forked.popleft()[1])
+        if not select.select([self.pidfd], [], [], self.CLOSE_WAIT)[0]:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        try:
+            self.code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        except ChildProcessError:  # reaped by someone else (a SIGCHLD handler set to SIG_IGN)
+            self.code = None
+        os.close(self.pidfd)
+
+
+class _ForkedProcess:
+    """A worker forked by the zygote, standing in for the ``subprocess.Popen`` of a spawned one.
+
+    The client cannot wait for a process that is not its child: the zygote reports its exit code.
+    """
+
+    def __init__(self, zygote: _Zygote, pid: int, pidfd: int):
+        self.zygote = zygote
+        self.pid = pid
+        self.pidfd = pidfd
+        self.returncode: int | None = None
+        self.ended = False
+
+    def kill(self) -> None:
+        with self.zygote.lock:  # the pidfd is closed under it once the process has ended
+            if not self.ended:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code once the process has ended (None if it went with a dead zygote)."""
+        give_up = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if give_up is None else give_up - time.monotonic()
+            with self.zygote.lock:
+                if self.ended:
+                    return self.returncode
+                if self.pid in self.zygote.exits:
+                    self._ended(self.zygote.exits.pop(self.pid))
+                    continue
+                if self.zygote.gone:  # no one will report the code: wait for the process to end
+                    if select.select([self.pidfd], [], [], None if left is None else max(0.0, left))[0]:
+                        self._ended(None)
+                        continue
+                elif self.zygote._read(1.0 if left is None else left):
+                    continue
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"worker process {self.pid}", timeout or 0.0)
+
+    def _ended(self, code: int | None) -> None:
+        self.returncode, self.ended = code, True
+        os.close(self.pidfd)
+
+
+def _zygote_main(sock: socket.socket, scratch: str) -> None:
+    """The zygote: fork a worker for each request, report each worker's end, until told to stop."""
+    _become_a_fresh_process(sock.fileno(), scratch)
+    _name_this_process("pywren-zygote")
+    with contextlib.suppress(Exception):  # preload what a worker needs (a broken plugin: its first payload says so)
+        plugins.load_backend("local")
+    children: dict[int, int] = {}  # pidfd -> pid
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            try:
+                if fd != sock.fileno():  # a worker ended
+                    pid = children.pop(fd)
+                    poller.unregister(fd)
+                    os.close(fd)
+                    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                    sock.send(b"exit %d %d" % (pid, code))
+                    continue
+                message, fds, _, _ = socket.recv_fds(sock, 64, 1)
+            except OSError:  # the client is gone
+                return
+            if message != b"fork" or not fds:  # "stop", or the client is gone: its workers need us no more
+                return
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    sock.close()
+                    for pidfd in children:
+                        os.close(pidfd)
+                    code = _forked_worker(fds[0])
+                finally:
+                    os._exit(code)
+            os.close(fds[0])
+            pidfd = os.pidfd_open(pid)
+            children[pidfd] = pid
+            poller.register(pidfd, select.POLLIN)
+            try:
+                socket.send_fds(sock, [b"forked %d" % pid], [pidfd])
+            except OSError:
+                return
+
+
+def _forked_worker(fd: int) -> int:
+    """A worker forked by the zygote: run :func:`worker_main`; its exit code."""
+    _name_this_process("pywren-worker")
+    atexit._clear()  # the fork hooks of the core re-register its executors' exit handlers: not ours
+    atexit.register(worker.close_sessions)
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:  # Python reseeds ``random`` in every fork; numpy's global generator, not
+        with contextlib.suppress(Exception):
+            numpy_random.seed()
+    code = 0
+    try:
+        worker_main(fd)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()  # those the worker registered itself, as a fresh interpreter would
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return code
+
+
+#: What the zygote took over from the client and must never finalize (a file object's finalizer
+#: would flush the client's unwritten output a second time, or close a descriptor reused since).
+_inherited: list[Any] = []
+
+
+def _become_a_fresh_process(keep_fd: int, scratch: str) -> None:
+    """Make the zygote (and so its workers) look like a new interpreter started in ``scratch``.
+
+    Signal handlers, the signal mask and atexit handlers are the client's: reset. Every inherited
+    descriptor but stdout, stderr and the zygote's socket is released, pointed at /dev/null rather
+    than closed, so that an object of the client still holding the number can never reach a
+    descriptor opened later (stdin too: it belongs to the client's terminal). sys.stdin, stdout and
+    stderr are new objects, so output the client had not flushed yet is not written again. The
+    worker runtime forgets the sessions and calls the client may have run in process.
+    """
+    for signum in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the client's terminal is the client's
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote waits for its workers itself
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    gc.freeze()  # the client's objects are never collected here, only this process's new ones
+    atexit._clear()
+    atexit.register(worker.close_sessions)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in (1, 2, keep_fd, devnull):
+            with contextlib.suppress(OSError):  # the directory's own descriptor, closed by now
+                os.fstat(fd)
+                os.dup2(devnull, fd, inheritable=fd == 0)
+    os.close(devnull)
+    _inherited.extend([sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__])
+    sys.stdin = sys.__stdin__ = _standard_stream(0, "r")
+    sys.stdout = sys.__stdout__ = _standard_stream(1, "w")
+    sys.stderr = sys.__stderr__ = _standard_stream(2, "w")
+    os.chdir(scratch)
+    _inherited.append(worker._sessions)
+    worker._sessions = {}
+    worker._state_lock = threading.Lock()  # another thread of the client may have held it
+    worker._calls_seen = 0  # a worker's first call is its cold one
+    worker._payload_key.cache_clear()
+
+
+def _standard_stream(fd: int, mode: str) -> Any:
+    """A new ``sys.std*`` object on ``fd``, buffered as a fresh interpreter would (None if closed)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None
+    line_buffered = fd == 2 or os.isatty(fd)
+    errors = "backslashreplace" if fd == 2 else None
+    return open(fd, mode, buffering=1 if line_buffered else -1, errors=errors, closefd=False)  # noqa: SIM115
+
+
+def _name_this_process(name: str) -> None:
+    """Show ``name`` in ps and top, instead of a copy of the client's."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
+        f.write(name)
+
+
 @attrs.define(eq=False)
 class _Worker:
-    process: subprocess.Popen
+    process: subprocess.Popen | _ForkedProcess
     conn: Connection
     #: Payloads sent and not yet acknowledged, in order: the first one is running.
     inflight: deque[dict[str, Any]] = attrs.field(factory=deque)
@@ -364,13 +737,15 @@ class _Worker:
 class WorkerPool:
     """Warm worker processes, fed by a supervisor thread that also watches them die or overrun.
 
-    Workers are fresh interpreters (not forks of the client) started in a scratch directory, so,
-    as on a cloud, they import installed packages only and never re-run the user's script; the
-    user's own modules reach them inside the pickles. Each worker is sent a few payloads ahead
-    (about 5 ms of work, judged from recent calls), so it never idles waiting for the supervisor.
+    With ``start="fork"`` (the default, on Linux) the workers are forks of a zygote that the pool
+    forks from the client as it starts (see :class:`_Zygote`): ready within milliseconds. With
+    ``start="spawn"``, or where fork is not available, they are fresh interpreters started in a
+    scratch directory. Either way they never re-run the user's script; the user's own modules reach
+    them inside the pickles. Each worker is sent a few payloads ahead (about 5 ms of work, judged
+    from recent calls), so it never idles waiting for the supervisor.
     """
 
-    _shared: dict[int, WorkerPool] = {}
+    _shared: dict[int | tuple[int, str], WorkerPool] = {}
     _shared_lock = threading.Lock()
     QUEUED_SECONDS = 0.005
     MAX_AHEAD = 64
@@ -380,14 +755,16 @@ class WorkerPool:
     CANCEL_WAIT = 2.0
 
     @classmethod
-    def shared(cls, size: int) -> WorkerPool:
+    def shared(cls, size: int, start: str = "fork") -> WorkerPool:
+        """The process's pool of ``size`` workers started the ``start`` way (made if need be)."""
+        key = size if start == "fork" else (size, start)
         with cls._shared_lock:
-            pool = cls._shared.get(size)
+            pool = cls._shared.get(key)
             if pool is None or pool.closed:
-                pool = cls._shared[size] = cls(size)
+                pool = cls._shared[key] = cls(size, start)
             return pool
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, start: str = "fork"):
         self.pending: deque[dict[str, Any]] = deque()
         self._pending_lock = threading.Lock()
         self._cancels: deque[tuple[tuple[str, str, frozenset[str]], threading.Event]] = deque()
@@ -397,12 +774,24 @@ class WorkerPool:
         self._failed_starts = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self.workers = [self._spawn() for _ in range(size)]
+        self.zygote = _Zygote.start(self.scratch) if start == "fork" and fork_available() else None
+        self.workers = self._spawn(size)
         self._thread = threading.Thread(target=self._supervise, name="pywren-local-pool", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, count: int) -> list[_Worker]:
+        """``count`` new workers: forks of the zygote, or fresh interpreters without one."""
+        if self.zygote is not None:
+            try:
+                return [_Worker(process, conn) for process, conn in self.zygote.fork_workers(count)]
+            except _ZygoteGone:
+                self.zygote = None
+            except Exception:  # out of descriptors, say: fresh interpreters may still work
+                _log.exception("local worker pool: the zygote failed to fork a worker; spawning one instead")
+        return [self._spawn_interpreter() for _ in range(count)]
+
+    def _spawn_interpreter(self) -> _Worker:
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         # The worker must import this very pywren_core, whether installed or run from a checkout.
@@ -485,7 +874,9 @@ class WorkerPool:
             try:
                 self._supervise_once()
             except Exception:  # never let the pool stop: a call it could not report is found lost later
-                logging.getLogger("pywren_core").exception("local worker pool: supervising failed; carrying on")
+                if self.closed:
+                    return
+                _log.exception("local worker pool: supervising failed; carrying on")
                 time.sleep(0.1)
 
     def _supervise_once(self) -> None:
@@ -496,9 +887,12 @@ class WorkerPool:
         deadlines = [d for d in (w.head_deadline for w in busy) if d is not None]
         timeout = max(0.0, min(deadlines) - time.time()) if deadlines else None
         starting = [w for w in self.workers if not w.ready]
-        ready = set(wait([self._wake_r, *(w.conn for w in busy + starting)], timeout))
+        zygote = [self.zygote.sock] if self.zygote is not None and not self.zygote.gone else []
+        ready = set(wait([self._wake_r, *zygote, *(w.conn for w in busy + starting)], timeout))
         if self._wake_r in ready:
             os.read(self._wake_r, 1 << 16)
+        if zygote and zygote[0] in ready and self.zygote is not None:
+            self.zygote.drain()  # exit reports, or its end (then new workers are spawned)
         for w in starting:
             if w.conn in ready:
                 self._started(w)
@@ -545,7 +939,7 @@ class WorkerPool:
             code = w.process.wait(1)
         except subprocess.TimeoutExpired:
             return f"worker process {w.process.pid} stopped answering"
-        how = f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
+        how = _how_it_ended(code)
         return f"worker process {w.process.pid} {how}" + (" while running the call" if w.inflight else "")
 
     def _replace(self, w: _Worker, kind: str | None, message: str) -> None:
@@ -557,27 +951,35 @@ class WorkerPool:
         running = w.inflight.popleft() if w.inflight else None
         with self._pending_lock:
             self.pending.extendleft(reversed([p for p in w.inflight if not p.get("cancelled")]))
-        self.workers[self.workers.index(w)] = self._spawn()
-        if running is not None and kind is not None:
-            _report_unfinished(running, kind, message)
+        try:
+            if running is not None and kind is not None:
+                _report_unfinished(running, kind, message)
+        finally:  # a dead worker must not stay in the list, whatever happened
+            if self.closed:  # closing: nothing to replace it for (close() would not wait for the new one)
+                self.workers.remove(w)
+            else:
+                self.workers[self.workers.index(w)] = self._spawn(1)[0]
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self._wake()
-        for w in self.workers:
+        workers = list(self.workers)  # the supervisor may still drop one
+        for w in workers:
             try:
                 w.conn.send(None)
             except OSError:
                 pass
         give_up = time.monotonic() + self.CLOSE_GRACE  # for all of them together, not each
-        for w in self.workers:
+        for w in workers:
             try:
                 w.process.wait(max(0.0, give_up - time.monotonic()))
             except subprocess.TimeoutExpired:
                 w.process.kill()
                 w.process.wait()
+        if self.zygote is not None:
+            self.zygote.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -591,11 +993,30 @@ def _cancelled_by(request: tuple[str, str, frozenset[str]], payload: dict[str, A
     )
 
 
+def _how_it_ended(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if code is None:
+        return "ended (its exit code went with the pool's zygote process)"
+    if code < 0:
+        try:
+            name = f" ({signal.Signals(-code).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-code}{name}"
+    return f"exited with code {code}"
+
+
 def _forget_pools_after_fork() -> None:
     """In a forked child the parent's pools have no supervisor thread, and their workers are the
-    parent's: the child starts pools of its own, and never closes (or writes to) the parent's."""
+    parent's: the child starts pools of its own, and never closes (or writes to) the parent's.
+    It lets go of its copies of their sockets, so that a zygote or a worker of the parent still
+    sees the parent leave when it does."""
     for pool in WorkerPool._shared.values():
         pool.closed = True
+        if pool.zygote is not None and not pool.zygote.gone:
+            pool.zygote.sock.close()
+        for w in pool.workers:
+            w.conn.close()
     WorkerPool._shared = {}
     WorkerPool._shared_lock = threading.Lock()
 
