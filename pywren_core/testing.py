@@ -806,9 +806,11 @@ class FaultConformance(_Isolated):
         import signal
 
         script = textwrap.dedent("""
-            import json, sys, time
+            import json, signal, sys, time
             import pywren_core as pw
             from pywren_core.testing import sleep_then_return
+            # A shell's background job starts with SIGINT ignored: this client takes Ctrl-C anyway.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             with pw.executor(json.loads(sys.argv[1]), progress=False) as ex:
                 futures = ex.map(sleep_then_return, [float(sys.argv[2])] * 4)
                 print(ex.executor_id, flush=True)

@@ -301,8 +301,9 @@ def test_a_script_that_never_shuts_down_leaves_nothing(tmp_path, storage_dir):
 
 
 SCRIPT_INTERRUPTED = """
-import os, sys, time
+import os, signal, sys, time
 import pywren_core as pw
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started from a background job
 with pw.executor({"backend": "local", "local": {"storage_dir": sys.argv[1], "workers": 2}}, progress=False) as ex:
     futures = ex.map(time.sleep, [10] * 6)
     from pywren_core.backends.local import WorkerPool
