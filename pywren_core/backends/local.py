@@ -181,15 +181,20 @@ def pywren_storage_put(session: LocalSession, key: str, data: bytes) -> None:
     raise StorageError(f"could not write {key!r}: its directory keeps disappearing")
 
 
+def _read(path: str, byte_range: tuple[int, int] | None) -> bytes:
+    """The file, or bytes ``[start, end)`` of it; the caller maps a missing file to its own message."""
+    with open(path, "rb") as f:
+        if byte_range is None:
+            return f.read()
+        start, end = byte_range
+        f.seek(start)
+        return f.read(max(0, end - start))
+
+
 @hookimpl
 def pywren_storage_get(session: LocalSession, key: str, byte_range: tuple[int, int] | None) -> bytes:
     try:
-        with open(_path(session, key), "rb") as f:
-            if byte_range is None:
-                return f.read()
-            start, end = byte_range
-            f.seek(start)
-            return f.read(max(0, end - start))
+        return _read(_path(session, key), byte_range)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise NotFoundError(f"no object at key {key!r}") from None
 
@@ -267,12 +272,7 @@ def pywren_data_list(bucket: str, prefix: str) -> list[tuple[str, int]]:
 def pywren_data_get(bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
     path = _data_path(key)
     try:
-        with open(path, "rb") as f:
-            if byte_range is None:
-                return f.read()
-            start, end = byte_range
-            f.seek(start)
-            return f.read(max(0, end - start))
+        return _read(path, byte_range)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise NotFoundError(f"no file at {path}") from None
     except PermissionError:
