@@ -1,5 +1,5 @@
-"""The local backend's worker pool: workers forked from a zygote (``local.start: fork``, the
-default on Linux), or fresh interpreters (``spawn``), and what each must never do again."""
+"""The local backend's worker pool: workers forked from a zygote (``local.start: fork``, on
+Linux), or fresh interpreters (``spawn``, the default), and what each must never do again."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.fixture
+def pywren_config(pywren_config):
+    """This file's executors fork their workers unless a test says otherwise."""
+    return {**pywren_config, "local": {**pywren_config["local"], "start": "fork"}}
 
 
 def pool_of(ex) -> WorkerPool:

@@ -101,9 +101,9 @@ def pywren_backend_info() -> BackendInfo:
             ConfigField(
                 "start",
                 str,
-                "fork",
-                help="how worker processes start: fork (copies of the client made when the pool starts; "
-                "Linux 5.3+, else spawn) or spawn (fresh interpreters)",
+                "spawn",
+                help="how worker processes start: spawn (fresh interpreters) or fork (copies of the client "
+                "made when the pool starts, ready in milliseconds; Linux 5.3+, else spawn)",
             ),
         ),
         handler="pywren_core.backends.local:worker_main",
@@ -118,13 +118,13 @@ def pywren_backend_info() -> BackendInfo:
 class LocalSession:
     root: str
     workers: int
-    start: str = "fork"
+    start: str = "spawn"
     known_dirs: set[str] = attrs.field(factory=set)
 
 
 @hookimpl
 def pywren_connect(config: Mapping[str, Any], role: str) -> LocalSession:
-    start = config.get("start", "fork")
+    start = config.get("start", "spawn")
     if start not in START_METHODS:
         raise ConfigError(f"local.start must be one of {', '.join(START_METHODS)}, got {start!r}")
     return LocalSession(_storage_root(config["storage_dir"]), config["workers"] or os.cpu_count() or 1, start)
@@ -737,7 +737,7 @@ class _Worker:
 class WorkerPool:
     """Warm worker processes, fed by a supervisor thread that also watches them die or overrun.
 
-    With ``start="fork"`` (the default, on Linux) the workers are forks of a zygote that the pool
+    With ``start="fork"`` (opt-in, on Linux) the workers are forks of a zygote that the pool
     forks from the client as it starts (see :class:`_Zygote`): ready within milliseconds. With
     ``start="spawn"``, or where fork is not available, they are fresh interpreters started in a
     scratch directory. Either way they never re-run the user's script; the user's own modules reach
