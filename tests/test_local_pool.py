@@ -1,5 +1,5 @@
-"""The local backend's worker pool: workers forked from a zygote (``local.start: fork``, on
-Linux), or fresh interpreters (``spawn``, the default), and what each must never do again."""
+"""The local backend's worker pool: workers forked from a zygote (``local.start: fork``, the
+default on Linux), or fresh interpreters (``spawn``), and what each must never do again."""
 
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ def test_a_lock_held_by_another_thread_of_the_client_does_not_hold_up_the_worker
         results = []
 
         def run():
-            config = {"backend": "local", "local": {"storage_dir": sys.argv[1], "workers": 2}}
+            config = {"backend": "local", "local": {"storage_dir": sys.argv[1], "workers": 2, "start": "fork"}}
             with pw.executor(config, progress=False) as ex:
                 results.extend(ex.get_result(ex.map(abs, range(-5, 0)), timeout=20))
 
@@ -279,3 +279,37 @@ def test_a_lock_held_by_another_thread_of_the_client_does_not_hold_up_the_worker
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[5, 4, 3, 2, 1]"
     assert time.monotonic() - started < 30
+
+
+PLUGIN_SCRIPT = """
+import atexit, sys
+import pywren_core as pw
+from pywren_fixture import wrapper  # the "counting" wrapper plugin, installed with the tests
+
+wrapper.PUTS["the client's"] += 5  # the client's module state, before the pool forks its zygote
+log = sys.argv[1]
+
+def in_a_worker(x):
+    from pywren_fixture import wrapper
+
+    atexit.register(lambda: open(log, "a").write("worker exit\\n"))  # run when the worker leaves
+    return dict(wrapper.PUTS)
+
+config = {"backend": "local", "local": {"storage_dir": sys.argv[2], "workers": 1, "start": "fork"}}
+with pw.executor(config, progress=False) as ex:
+    seen = ex.call_async(in_a_worker, 0).result()
+assert "the client's" not in seen, seen
+assert wrapper.PUTS["the client's"] == 5 and wrapper.PUTS["pywren.jobs"] >= 1, wrapper.PUTS
+"""
+
+
+@needs_fork
+def test_a_forked_worker_loads_the_plugins_afresh_and_runs_its_own_exit_hooks(tmp_path, storage_dir):
+    """As in a new interpreter: a wrapper plugin's module state is the worker's own, and what the
+    worker registers with atexit runs when it leaves (the metrics example reports that way)."""
+    log = tmp_path / "log"
+    run = subprocess.run(
+        [sys.executable, "-c", PLUGIN_SCRIPT, str(log), storage_dir], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert log.read_text() == "worker exit\n"

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 from collections import deque
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection, wait
@@ -101,9 +102,9 @@ def pywren_backend_info() -> BackendInfo:
             ConfigField(
                 "start",
                 str,
-                "spawn",
-                help="how worker processes start: spawn (fresh interpreters) or fork (copies of the client "
-                "made when the pool starts, ready in milliseconds; Linux 5.3+, else spawn)",
+                "fork",
+                help="how worker processes start: fork (copies of the client made when the pool starts, "
+                "ready in milliseconds; Linux 5.3+, else spawn) or spawn (fresh interpreters)",
             ),
         ),
         handler="pywren_core.backends.local:worker_main",
@@ -118,13 +119,13 @@ def pywren_backend_info() -> BackendInfo:
 class LocalSession:
     root: str
     workers: int
-    start: str = "spawn"
+    start: str = "fork"
     known_dirs: set[str] = attrs.field(factory=set)
 
 
 @hookimpl
 def pywren_connect(config: Mapping[str, Any], role: str) -> LocalSession:
-    start = config.get("start", "spawn")
+    start = config.get("start", "fork")
     if start not in START_METHODS:
         raise ConfigError(f"local.start must be one of {', '.join(START_METHODS)}, got {start!r}")
     return LocalSession(_storage_root(config["storage_dir"]), config["workers"] or os.cpu_count() or 1, start)
@@ -590,8 +591,8 @@ def _zygote_main(sock: socket.socket, scratch: str) -> None:
     """The zygote: fork a worker for each request, report each worker's end, until told to stop."""
     _become_a_fresh_process(sock.fileno(), scratch)
     _name_this_process("pywren-zygote")
-    with contextlib.suppress(Exception):  # preload what a worker needs (a broken plugin: its first payload says so)
-        plugins.load_backend("local")
+    with contextlib.suppress(Exception):  # a broken plugin: a worker's first payload says so
+        _load_plugins_afresh()
     children: dict[int, int] = {}  # pidfd -> pid
     poller = select.poll()
     poller.register(sock, select.POLLIN)
@@ -633,8 +634,6 @@ def _zygote_main(sock: socket.socket, scratch: str) -> None:
 def _forked_worker(fd: int) -> int:
     """A worker forked by the zygote: run :func:`worker_main`; its exit code."""
     _name_this_process("pywren-worker")
-    atexit._clear()  # the fork hooks of the core re-register its executors' exit handlers: not ours
-    atexit.register(worker.close_sessions)
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:  # Python reseeds ``random`` in every fork; numpy's global generator, not
         with contextlib.suppress(Exception):
@@ -681,6 +680,9 @@ def _become_a_fresh_process(keep_fd: int, scratch: str) -> None:
     gc.freeze()  # the client's objects are never collected here, only this process's new ones
     atexit._clear()
     atexit.register(worker.close_sessions)
+    executors = sys.modules.get("pywren_core.executors")
+    if executors is not None:  # the client's executors are not ours: forks of this process forget them
+        executors._engines.clear()
     devnull = os.open(os.devnull, os.O_RDWR)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -699,6 +701,27 @@ def _become_a_fresh_process(keep_fd: int, scratch: str) -> None:
     worker._state_lock = threading.Lock()  # another thread of the client may have held it
     worker._calls_seen = 0  # a worker's first call is its cold one
     worker._payload_key.cache_clear()
+
+
+def _load_plugins_afresh() -> None:
+    """Load the plugins as a new interpreter would, so that a wrapper plugin's module state (its
+    counters, say) starts empty and the exit hooks it registers on import run when a worker leaves;
+    the client's copies of those modules are the client's. Only the wrapper plugins' modules are
+    imported again (a worker of this backend loads no other plugin), and only if there are any."""
+    loaded = plugins.load_backend("local")  # normally the client's, already loaded
+    packages = set()
+    for _, wrapper in loaded.wrappers:
+        module = wrapper.__name__ if isinstance(wrapper, types.ModuleType) else getattr(wrapper, "__module__", "")
+        packages.add(module.partition(".")[0])
+    packages.discard("pywren_core")
+    packages.discard("")
+    if not packages:
+        return
+    for name in list(sys.modules):
+        if name.partition(".")[0] in packages:
+            _inherited.append(sys.modules.pop(name))
+    plugins.reset()
+    plugins.load_backend("local")
 
 
 def _standard_stream(fd: int, mode: str) -> Any:
@@ -737,7 +760,7 @@ class _Worker:
 class WorkerPool:
     """Warm worker processes, fed by a supervisor thread that also watches them die or overrun.
 
-    With ``start="fork"`` (opt-in, on Linux) the workers are forks of a zygote that the pool
+    With ``start="fork"`` (the default, on Linux) the workers are forks of a zygote that the pool
     forks from the client as it starts (see :class:`_Zygote`): ready within milliseconds. With
     ``start="spawn"``, or where fork is not available, they are fresh interpreters started in a
     scratch directory. Either way they never re-run the user's script; the user's own modules reach
