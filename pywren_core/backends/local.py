@@ -393,8 +393,10 @@ class _Zygote:
     zygote is single-threaded, so every later worker (the first ones, and replacements after a
     crash, a timeout or a cancel) is a fork of a quiet, single-threaded process, made in a
     millisecond or two. The zygote first makes itself look like a new process (see
-    :func:`_become_a_fresh_process`); nothing the user's script did runs again in it or in a worker,
-    which runs only :func:`worker_main`.
+    :func:`_become_a_fresh_process`) and loads the plugins afresh (:func:`_load_plugins_afresh`);
+    nothing the user's script did runs again in it or in a worker, which runs only
+    :func:`worker_main`. ``local.start: spawn`` (and platforms without fork) keep fresh
+    interpreters: a script that sets up something a fork does not survive (CUDA) needs them.
 
     The workers are the zygote's children, not the client's: the zygote sends a pidfd with each
     one, through which the client can kill it without ever hitting a recycled pid, and reports
