@@ -206,8 +206,8 @@ class _PieceReader(io.RawIOBase):
 
     def __init__(self, piece: DataPiece, storage: Storage, block: int, aligned: bool):
         self.piece, self.storage, self.block, self.aligned = piece, storage, block, aligned
-        self._blocks: Iterator[bytes] | None = None
-        self._pending = b""
+        self._blocks: Iterator[memoryview] | None = None
+        self._pending = memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -215,11 +215,11 @@ class _PieceReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self._blocks is None:
             self._blocks = self.blocks()
-        while not self._pending:
-            self._pending = next(self._blocks, None)  # type: ignore[arg-type]
-            if self._pending is None:
-                self._pending = b""
+        while not len(self._pending):
+            block = next(self._blocks, None)
+            if block is None:
                 return 0
+            self._pending = block
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
@@ -234,13 +234,14 @@ class _PieceReader(io.RawIOBase):
             )
         return data
 
-    def blocks(self) -> Iterator[bytes]:
-        """The piece as a sequence of byte strings (see the module's docstring for the rule)."""
+    def blocks(self) -> Iterator[memoryview]:
+        """The piece as views of the blocks read (see the module's docstring for the rule): views,
+        so that cutting a block to the piece's lines copies nothing."""
         start, end = self.piece.byte_range
         size = self.piece.size
         if not self.aligned:
             for pos in range(start, end, self.block):
-                yield self._fetch(pos, min(end, pos + self.block))
+                yield memoryview(self._fetch(pos, min(end, pos + self.block)))
             return
         # Skip to the first line beginning at or after start: just past the first "\n" at or
         # after start - 1.
@@ -248,18 +249,19 @@ class _PieceReader(io.RawIOBase):
         skipping = start > 0
         while pos < size:
             base = pos
-            block = self._fetch(pos, min(size, pos + self.block))
+            data = self._fetch(pos, min(size, pos + self.block))
+            block = memoryview(data)
             pos += len(block)
             low = 0
             if skipping:
-                newline = block.find(b"\n")
+                newline = data.find(b"\n")
                 if newline < 0:
                     continue
                 low, skipping = newline + 1, False
                 if base + low >= end:
                     return  # the first line beginning here belongs to a later piece
             # The piece ends just past the first "\n" at or after end - 1.
-            newline = block.find(b"\n", max(low, end - 1 - base)) if end - 1 - base < len(block) else -1
+            newline = data.find(b"\n", max(low, end - 1 - base)) if end - 1 - base < len(data) else -1
             if newline >= 0:
                 yield block[low : newline + 1]
                 return
