@@ -311,9 +311,9 @@ def _raw_process_task(task: tuple[Any, ...]) -> tuple[int, float]:
 
 
 def _tests_on_path(plugin: str) -> Path:
-    tests = ROOT / "plugins" / f"pywren_{plugin}" / "tests"
-    sys.path.insert(0, str(tests))
-    return tests
+    from bench_invoke import _tests_on_path as on_path
+
+    return on_path(plugin)
 
 
 @contextlib.contextmanager
@@ -874,14 +874,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def interpreter_for(backend: str) -> str | None:
-    """This interpreter if it has what the backend needs, else the plugin's nox virtualenv's, else None."""
-    if backend == "local":
-        return sys.executable
-    probe = [sys.executable, "-c", f"import pywren_{backend}"]
-    if subprocess.run(probe, capture_output=True).returncode == 0:
-        return sys.executable
-    venv = ROOT / ".nox" / f"plugin-plugin-{backend}" / "bin" / "python"
-    return str(venv) if venv.exists() else None
+    """This interpreter for ``local``; for a plugin, bench_invoke's choice (here, else its nox venv)."""
+    from bench_invoke import interpreter_for as plugin_interpreter
+
+    return sys.executable if backend == "local" else plugin_interpreter(backend)
 
 
 def main() -> None:
