@@ -7,6 +7,7 @@ inlining, timeouts and the invocation rate to its :class:`Limits`.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from pywren_core.errors import ThrottledError
+from pywren_core.errors import ConfigError, ThrottledError
 
 T = TypeVar("T")
 
@@ -57,6 +58,51 @@ class Limits:
 
 
 @attrs.frozen
+class Platform:
+    """Where a backend's workers run: what its runtimes are built for (``BackendInfo.platform``)."""
+
+    #: ``"3.11"``; None: the client's own (the worker refuses another minor version anyway).
+    python: str | None = None
+    os: str = "linux"
+    arch: str = "x86_64"
+    #: Largest unpacked runtime the platform accepts (Lambda: 250 MB with the function's code).
+    max_unzipped_bytes: int | None = None
+    #: Distributions the platform itself provides (boto3 on Lambda): never installed, never missing.
+    provided: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    #: What the plugin's worker needs besides pywren-core, as requirement lines; a name without a
+    #: version is pinned to the client's version when the client has it.
+    requirements: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: The base image a container runtime starts from (``pywren runtime dockerfile``); empty: the
+    #: platform takes no container images.
+    image_base: str = ""
+    #: Where the platform's base image expects the function's code.
+    image_code_dir: str = "/app"
+
+    @property
+    def python_version(self) -> str:
+        return self.python or f"{sys.version_info.major}.{sys.version_info.minor}"
+
+    @property
+    def is_host(self) -> bool:
+        """True when workers run on this very machine (``local``): any wheel or sdist pip can build here."""
+        return self.os == "host"
+
+    def pip_tags(self) -> list[str]:
+        """pip's ``--platform`` values: manylinux wheels, newest glibc first, for the architecture."""
+        if self.os != "linux":
+            raise ConfigError(f"runtimes are built for linux platforms only, not {self.os!r}")
+        return [f"manylinux_2_{minor}_{self.arch}" for minor in (28, 17)] + [f"manylinux2014_{self.arch}"]
+
+    def describe(self) -> str:
+        where = "this machine" if self.is_host else f"{self.os}/{self.arch}"
+        return f"Python {self.python_version} on {where}"
+
+
+#: The client's own machine: ``local``'s platform (any wheel or sdist pip can install here).
+HOST = Platform(os="host")
+
+
+@attrs.frozen
 class BackendInfo:
     """A backend's self-description, returned by its ``pywren_backend_info`` hook."""
 
@@ -79,6 +125,9 @@ class BackendInfo:
     data_schemes: Sequence[str] = ()
     #: Largest ranged read the core asks ``pywren_data_get`` for while streaming an object.
     data_block_size: int = 8 * 2**20
+    #: Where the workers run, for building runtimes (see :mod:`pywren_core.runtime`); None: the
+    #: backend takes no runtime, and a config that asks for one is refused.
+    platform: Platform | None = None
     #: Free-form facts for ``pywren backends --features`` (trigger kinds, isolation, ...).
     features: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -165,12 +214,15 @@ class Session:
     platform throttles are retried here with backoff; invocations are retried by the invoker.
     """
 
-    def __init__(self, name: str, info: BackendInfo, hook: Any, config: Mapping[str, Any], role: str):
+    def __init__(self, name: str, info: BackendInfo, hook: Any, config: Mapping[str, Any], role: str,
+                 runtime: Any = None):
         self.name = name
         self.info = info
         self.config = dict(config)
+        #: The built runtime (``pywren_core.runtime.Runtime``) the client's calls run in, or None.
+        self.runtime = runtime
         self._hook = hook
-        self.handle = hook.pywren_connect(backend=name, config=self.config, role=role)
+        self.handle = hook.pywren_connect(backend=name, config=self.config, role=role, runtime=runtime)
 
     def _call(self, hook: str, **kwargs: Any) -> Any:
         """Call one hook for this session: every hook also gets the backend's name, for wrappers."""

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pywren_core import __version__, manifests
@@ -74,8 +75,68 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[config_module.Config, Backend]:
     overrides = {"backend": args.backend} if getattr(args, "backend", None) else {}
+    if getattr(args, "runtime", None):
+        overrides["runtime"] = args.runtime
     cfg = config_module.load(None, **overrides)
     return cfg, load_backend(cfg.backend)
+
+
+def _runtime(cfg: config_module.Config, backend: Backend, upgrade: bool = False, installer: str | None = None) -> Any:
+    """The configured runtime, built for the backend's platform when missing (None: none configured)."""
+    from pywren_core import runtime
+
+    spec = runtime.RuntimeSpec.from_config(cfg.runtime, cfg.runtimes, cfg.sources.get("runtime", "config"))
+    if not spec.requirements and not spec.image:
+        return None
+    if backend.info.platform is None:
+        return runtime.for_config(cfg, backend.info)  # the error that says so
+    say = lambda text: print(f"pywren: {text}", file=sys.stderr)
+    return runtime.build(spec, backend.info.platform, upgrade=upgrade, installer=installer, log=say)
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    """Build, list, show and remove runtimes; write a Dockerfile for one."""
+    import json
+
+    from pywren_core import runtime
+
+    if args.action == "list":
+        rows = [[r.name, r.manifest.get("label", ""), r.manifest["platform"]["os"], r.manifest["python"],
+                 f"{r.manifest.get('size_bytes', 0) / 1e6:.1f} MB", str(len(r.distributions)),
+                 r.image or ", ".join(r.manifest.get("requirements", [])) or "(pywren only)"]
+                for r in runtime.built()]
+        print(_table(rows, ["runtime", "label", "os", "python", "size", "dists", "requirements / image"]) if rows
+              else f"no runtimes built yet under {runtime.runtimes_dir()}")
+        return 0
+    if args.action in ("show", "remove"):
+        if not args.name:
+            raise ConfigError(f"pywren runtime {args.action} needs a runtime's name (see `pywren runtime list`)")
+        if args.action == "remove":
+            runtime.remove(args.name)
+            print(f"removed runtime {args.name}")
+        else:
+            print(json.dumps(runtime.load(args.name).manifest, indent=1, sort_keys=True))
+        return 0
+    cfg, backend = _load(args)
+    built = _runtime(cfg, backend, upgrade=args.upgrade, installer=args.installer)
+    if built is None:
+        raise ConfigError("no runtime configured: set runtime: {requirements: [...]} (or runtimes: {NAME: ...} and "
+                          "--runtime NAME) in the config")
+    if args.action == "dockerfile":
+        platform = backend.info.platform
+        out = Path(args.output)
+        packages = {"pywren-core": "pywren_core", backend.entry.distribution: backend.entry.target.split(".")[0]}
+        for name, content in runtime.artifact_files(None, packages).items():
+            path = out / "code" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content if isinstance(content, bytes) else content.read_bytes())
+        (out / "Dockerfile").write_text(runtime.dockerfile(built, platform, backend.info.handler))
+        print(f"wrote {out / 'Dockerfile'} and {out / 'code'} for runtime {built.name} on {backend.name}")
+        return 0
+    manifest = built.manifest
+    print(f"runtime {built.name} ({manifest.get('label')}) for {backend.name}: {len(built.distributions)} "
+          f"distributions, {manifest.get('size_bytes', 0) / 1e6:.1f} MB, Python {manifest['python']}, in {built.path}")
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -234,7 +295,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def _lifecycle(args: argparse.Namespace, action: str) -> int:
     cfg, backend = _load(args)
-    session = backend.open(cfg.backend_section(backend.info))
+    runtime = _runtime(cfg, backend) if action == "deploy" else None
+    session = backend.open(cfg.backend_section(backend.info), runtime=runtime)
     try:
         summary = session.deploy() if action == "deploy" else session.remove()
     finally:
@@ -293,7 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--older-than", metavar="AGE", help="jobs of executors started longer ago (30m, 12h, 1d, 2w)")
     status = command("status", cmd_status, "how far a job got (works after the client died)")
     status.add_argument("job", help="EXECUTOR_ID/JOB_ID, as in a future's executor_id and job_id")
-    command("deploy", cmd_deploy, "create or update the backend's cloud function")
+    deploy = command("deploy", cmd_deploy, "create or update the backend's cloud function (with the runtime)")
+    deploy.add_argument("--runtime", metavar="NAME", help="deploy this runtime from 'runtimes:' instead")
+    runtime = command("runtime", cmd_runtime, "build, list, show or remove runtimes (the packages calls run with)")
+    runtime.add_argument("action", choices=["build", "list", "show", "remove", "dockerfile"])
+    runtime.add_argument("name", nargs="?", help="a built runtime's name (show, remove)")
+    runtime.add_argument("--runtime", metavar="NAME", help="build this runtime from 'runtimes:' instead")
+    runtime.add_argument("--upgrade", action="store_true", help="resolve the requirements again, even if built")
+    runtime.add_argument("--installer", choices=["pip", "uv"], help="default: uv when installed, else pip")
+    runtime.add_argument("-o", "--output", default="pywren-image",
+                         help="dockerfile: the folder to write (default: pywren-image)")
     command("remove", cmd_remove, "remove the backend's cloud function")
     from pywren_core.bench.cli import add_bench_command
 

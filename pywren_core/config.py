@@ -30,6 +30,7 @@ OTHER_VARIABLES = {
     "PYWREN_LOAD_PLUGINS": "the only plugins to load",
     "PYWREN_DISABLE_PLUGINS": "plugins not to load",
     "PYWREN_PAYLOAD_KEY": "a deployed function's payload key, read by its workers",
+    "PYWREN_RUNTIMES_DIR": "where built runtimes are kept (default: ~/.cache/pywren/runtimes)",
     "PYWREN_AZURITE_DIR": "where pywren-azure's tests keep Azurite",
 }
 MASK = "********"
@@ -67,6 +68,10 @@ class Config:
         3.0, (int, float), "a call is a straggler after this many times the median call's duration"
     )
     faults: Mapping[str, Any] = _setting({}, dict, "fault injection (off unless set; see pywren_core.faults)")
+    runtime: Any = _setting(
+        None, (str, dict), "the packages calls run with: {requirements: [...]} or a name from runtimes", optional=True
+    )
+    runtimes: Mapping[str, Any] = _setting({}, dict, "named runtimes, chosen with runtime: NAME or executor(runtime=)")
     #: Raw sections for backends, by name (validated per backend by :meth:`backend_section`).
     sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     #: Where each key's value came from, for error messages.

@@ -127,7 +127,7 @@ def check(executor: Any, function: Any = None, packages: Iterable[str] = (), tim
     return compare(mine, theirs, needed)
 
 
-def import_note(exc: BaseException, backend: str) -> str | None:
+def import_note(exc: BaseException, backend: str, runtime: str | None = None) -> str | None:
     """For an ImportError raised on a worker: which distribution the client has the module from,
     and what to do; None when the client lacks the module too (then it is the code's own error)."""
     name = getattr(exc, "name", None)
@@ -137,8 +137,9 @@ def import_note(exc: BaseException, backend: str) -> str | None:
     if not providers:
         return None
     pins = ", ".join(f"{d}=={_version(d)}" for d in providers)
+    where = f"runtime {runtime}" if runtime else f"the {backend} backend's default runtime"
     return (
-        f"the {backend} workers cannot import {name!r}, which this client has from {pins}: add it to what "
-        f"the backend's workers install (its README says how; `pywren deploy` rebuilds the function), "
-        f"and run `pywren doctor` to compare the client with the workers"
+        f"the {backend} workers ({where}) cannot import {name!r}, which this client has from {pins}: add "
+        f"'{pins}' to the runtime's requirements in the config (runtime: {{requirements: [...]}}); "
+        f"`pywren deploy` then builds and deploys it. `pywren doctor` compares the client with the workers"
     )

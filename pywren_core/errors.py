@@ -43,6 +43,16 @@ class URLError(PywrenError, ValueError):
     """A storage URL the backend does not serve, or that is malformed; names who serves it."""
 
 
+class RuntimeBuildError(PywrenError):
+    """A runtime could not be resolved, installed or fit into the platform's limits; the message
+    names the package and what pip or uv said."""
+
+
+class RuntimeMismatchError(ConfigError):
+    """A function needs a distribution its runtime lacks, or has at another release; the message
+    gives the requirement line to add."""
+
+
 class ThrottledError(PywrenError):
     """The platform asked us to slow down (HTTP 429, SlowDown, 503); the operation may be retried.
 

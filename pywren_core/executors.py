@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import statistics
+import sys
 import threading
 import time
 import weakref
@@ -130,7 +131,14 @@ class Executor(concurrent.futures.Executor):
             fault_config = FaultConfig.from_mapping(config.faults, config.sources.get("faults", "config"))
             self.faults = FaultInjector(fault_config, "client")
             wrappers = [*wrappers, self.faults]
-        self.session: Session = self.backend.open(self.section, role="client", wrappers=wrappers)
+        #: The built runtime the calls run in (``pywren_core.runtime``), or None: the plugin's default.
+        self.runtime: Any = None
+        if config.runtime is not None or config.runtimes:
+            from pywren_core import runtime as runtime_module  # only then: it costs imports
+
+            say = (lambda text: print(f"pywren: {text}", file=sys.stderr)) if config.progress else None
+            self.runtime = runtime_module.for_config(config, self.info, log=say)
+        self.session: Session = self.backend.open(self.section, role="client", wrappers=wrappers, runtime=self.runtime)
         self.session.prepare()
         if self.faults is not None:
             self.faults.storage = self.session
@@ -270,12 +278,17 @@ class Executor(concurrent.futures.Executor):
             return []
         keys = JobKeys(self.executor_id, f"j{next(self._job_numbers):04d}")
         secret = new_secret()
+        by_reference: set[str] = set()
         try:
-            pickled_func = serialize.dumps(func)
+            pickled_func = serialize.dumps(func, by_reference)
         except Exception as exc:
             raise SerializationError(
                 f"the function {func!r} cannot be pickled to send it to the workers: {exc}"
             ) from exc
+        if self.runtime is not None:
+            from pywren_core.runtime import check_modules
+
+            check_modules(self.runtime, by_reference, own_distributions=[self.backend.entry.distribution])
         width = max(5, len(str(len(calls) - 1)))
         base_payload = {
             "protocol": PROTOCOL_VERSION,
@@ -292,6 +305,8 @@ class Executor(concurrent.futures.Executor):
         }
         if self.faults is not None:
             base_payload["faults"] = attrs.asdict(self.faults.config)
+        if self.runtime is not None:
+            base_payload["runtime"] = self.runtime.name
         job = Job(keys, secret, base_payload, self.timeout)
         # A large map takes seconds to prepare: the bar shows from SUBMIT_BAR_DELAY on.
         bar = futures_module.progress_bar(len(calls), self._progress(), "submitting", SUBMIT_BAR_DELAY)
@@ -945,7 +960,7 @@ def _remote_exception(job: Job, call_id: str, error: dict[str, Any]) -> BaseExce
     if isinstance(exc, ImportError):
         from pywren_core.doctor import import_note
 
-        note = import_note(exc, job.base_payload["backend"])
+        note = import_note(exc, job.base_payload["backend"], job.base_payload.get("runtime"))
         if note:
             exc.add_note(note)
     return exc

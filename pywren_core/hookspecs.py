@@ -41,13 +41,18 @@ def pywren_backend_info() -> BackendInfo:
 
 
 @hookspec(firstresult=True)
-def pywren_connect(config: Mapping[str, Any], role: str, backend: str) -> Any:
+def pywren_connect(config: Mapping[str, Any], role: str, backend: str, runtime: Any) -> Any:
     """Required. Open the clients the other hooks need and return them as one session object.
 
     ``config`` is this backend's section, validated against the schema with defaults filled in.
     ``role`` is ``"client"`` or ``"worker"``; on a worker, only the fields not marked secret are
     present (credentials come from the platform's own environment). The returned object is passed
     back as ``session`` to every other hook; the core never looks inside it.
+
+    ``runtime`` is the :class:`pywren_core.runtime.Runtime` the client's calls must run in (its
+    packages in ``runtime.site``, its ``name`` a hash of them), or None for the plugin's default.
+    A backend that declares a ``BackendInfo.platform`` deploys it (``pywren_deploy``, from
+    ``runtime.artifact_files``) and invokes the function that carries it.
     """
 
 
@@ -159,7 +164,11 @@ def pywren_poll_events(session: Any, backend: str) -> Sequence[CallEvent]:
 
 @hookspec(firstresult=True)
 def pywren_deploy(session: Any, config: Mapping[str, Any], backend: str) -> str:
-    """Optional. Create or update the cloud function that runs the worker; return a one-line summary."""
+    """Optional. Create or update the cloud function that runs the worker; return a one-line summary.
+
+    With a runtime (the session's, from ``pywren_connect``), deploy the function that carries it,
+    beside any other runtime's.
+    """
 
 
 @hookspec(firstresult=True)

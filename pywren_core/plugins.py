@@ -166,9 +166,12 @@ class Backend:
             raise PluginError(f"backend {self.name!r}: {exc}") from exc
         return pm
 
-    def open(self, config: Mapping[str, Any], role: str = "client", wrappers: Iterable[Any] = ()) -> Session:
-        """Connect with this backend's config section; ``wrappers`` apply to this session alone."""
-        return Session(self.name, self.info, self._manager(wrappers).hook, config, role)
+    def open(
+        self, config: Mapping[str, Any], role: str = "client", wrappers: Iterable[Any] = (), runtime: Any = None
+    ) -> Session:
+        """Connect with this backend's config section; ``wrappers`` apply to this session alone.
+        ``runtime`` is the built runtime the client's calls must run in (None: the plugin's default)."""
+        return Session(self.name, self.info, self._manager(wrappers).hook, config, role, runtime)
 
 
 def _implemented(pm: pluggy.PluginManager, hook_name: str, plugin: Any) -> bool:

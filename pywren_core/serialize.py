@@ -51,7 +51,6 @@ def _install_locations() -> tuple[tuple[str, ...], frozenset[str]]:
     return tuple(sorted(trees)), frozenset(pth_dirs)
 
 
-@functools.lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=64)
 def _distributed_beside(directory: str) -> frozenset[str]:
     """Top-level names that the ``.dist-info`` folders in ``directory`` say they installed there: a
@@ -156,12 +155,18 @@ def _plain(obj: Any, budget: list[int]) -> bool:
     return False
 
 
-def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` so that a worker with the same installed packages can load it."""
+def dumps(obj: Any, by_reference: set[str] | None = None) -> bytes:
+    """Pickle ``obj`` so that a worker with the same installed packages can load it.
+
+    ``by_reference``, when given, receives the names of the modules the pickle refers to by name:
+    the ones the worker must be able to import (checked against a runtime before invoking).
+    """
     if _plain(obj, [256]):  # most call arguments: the C pickler, without cloudpickle's per-object hook
         return pickle.dumps(obj, protocol=cloudpickle.DEFAULT_PROTOCOL)
     data, modules = _dump(obj)
     user = {m for m in modules if is_user_module(m)}
+    if by_reference is not None:
+        by_reference.update(modules - user)
     if not user:
         return data
     with _by_value_lock:
@@ -174,6 +179,8 @@ def dumps(obj: Any) -> bytes:
                     added.append(name)
                 data, modules = _dump(obj)
                 user = {m for m in modules if is_user_module(m)} - set(added)
+                if by_reference is not None:
+                    by_reference.update(m for m in modules if not is_user_module(m))
         finally:
             for name in added:
                 cloudpickle.unregister_pickle_by_value(sys.modules[name])

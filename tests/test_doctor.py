@@ -70,7 +70,8 @@ def test_a_workers_import_error_names_the_clients_distribution(install_on_client
         with pytest.raises(ModuleNotFoundError) as info:
             future.result(timeout=60)
     notes = "\n".join(getattr(info.value, "__notes__", []))
-    assert "the local workers cannot import 'clientonly_mod'" in notes and "clientonly==1.2.3" in notes
+    assert "the local workers (the local backend's default runtime) cannot import 'clientonly_mod'" in notes
+    assert "clientonly==1.2.3" in notes and "runtime's requirements" in notes
     assert "pywren doctor" in notes
 
 

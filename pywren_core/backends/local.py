@@ -37,7 +37,7 @@ import attrs
 
 import pywren_core
 from pywren_core import harness, plugins, worker
-from pywren_core.backend import BackendInfo, ConfigField, Limits
+from pywren_core.backend import HOST, BackendInfo, ConfigField, Limits
 from pywren_core.config import user_cache_dir
 from pywren_core.errors import AccessDeniedError, ConfigError, NotFoundError, StorageError
 from pywren_core.hookspecs import hookimpl
@@ -111,6 +111,7 @@ def pywren_backend_info() -> BackendInfo:
         poll_interval=(0.002, 0.02),  # listing a local folder is cheap; a long pause only adds latency
         storage_concurrency=1,
         data_schemes=("file",),
+        platform=HOST,
         features={"trigger": "process pool", "isolation": "warm processes, a working directory per call"},
     )
 
@@ -120,15 +121,26 @@ class LocalSession:
     root: str
     workers: int
     start: str = "fork"
+    #: The interpreter of the runtime's virtual environment, or None: the client's own.
+    python: str | None = None
     known_dirs: set[str] = attrs.field(factory=set)
+
+    def pool(self) -> WorkerPool:
+        return WorkerPool.shared(self.workers, self.start, self.python)
 
 
 @hookimpl
-def pywren_connect(config: Mapping[str, Any], role: str) -> LocalSession:
+def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> LocalSession:
     start = config.get("start", "fork")
     if start not in START_METHODS:
         raise ConfigError(f"local.start must be one of {', '.join(START_METHODS)}, got {start!r}")
-    return LocalSession(_storage_root(config["storage_dir"]), config["workers"] or os.cpu_count() or 1, start)
+    python = None
+    if runtime is not None and role == "client":
+        from pywren_core.runtime import local_environment
+
+        python = str(local_environment(runtime))  # fresh interpreters of the runtime's venv: no fork
+    workers = config["workers"] or os.cpu_count() or 1
+    return LocalSession(_storage_root(config["storage_dir"]), workers, "spawn" if python else start, python)
 
 
 def _storage_root(storage_dir: str) -> str:
@@ -306,17 +318,17 @@ def pywren_data_delete(bucket: str, keys: Sequence[str]) -> None:
 def pywren_invoke(session: LocalSession, payload: Mapping[str, Any]) -> None:
     # The workers run in a scratch directory: a relative storage_dir reaches them resolved.
     config = {**payload["config"], "storage_dir": session.root}
-    WorkerPool.shared(session.workers, session.start).submit({**payload, "config": config})
+    session.pool().submit({**payload, "config": config})
 
 
 @hookimpl
 def pywren_prepare(session: LocalSession) -> None:
-    WorkerPool.shared(session.workers, session.start)  # started now, so the workers are warm by the first call
+    session.pool()  # started now, so the workers are warm by the first call
 
 
 @hookimpl
 def pywren_cancel(session: LocalSession, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
-    WorkerPool.shared(session.workers, session.start).cancel(executor_id, job_id, call_ids)
+    session.pool().cancel(executor_id, job_id, call_ids)
 
 
 # --- the worker processes ------------------------------------------------------------------
@@ -770,7 +782,7 @@ class WorkerPool:
     from recent calls), so it never idles waiting for the supervisor.
     """
 
-    _shared: dict[int | tuple[int, str], WorkerPool] = {}
+    _shared: dict[tuple[int, str, str | None], WorkerPool] = {}
     _shared_lock = threading.Lock()
     QUEUED_SECONDS = 0.005
     MAX_AHEAD = 64
@@ -780,16 +792,18 @@ class WorkerPool:
     CANCEL_WAIT = 2.0
 
     @classmethod
-    def shared(cls, size: int, start: str = "fork") -> WorkerPool:
+    def shared(cls, size: int, start: str = "fork", python: str | None = None) -> WorkerPool:
         """The process's pool of ``size`` workers started the ``start`` way (made if need be)."""
-        key = size if start == "fork" else (size, start)
+        key = (size, start, python)
         with cls._shared_lock:
             pool = cls._shared.get(key)
             if pool is None or pool.closed:
-                pool = cls._shared[key] = cls(size, start)
+                pool = cls._shared[key] = cls(size, start, python)
             return pool
 
-    def __init__(self, size: int, start: str = "fork"):
+    def __init__(self, size: int, start: str = "fork", python: str | None = None):
+        #: A runtime's interpreter (its venv carries pywren_core), or None: this one.
+        self.python = python
         self.pending: deque[dict[str, Any]] = deque()
         self._pending_lock = threading.Lock()
         self._cancels: deque[tuple[tuple[str, str, frozenset[str]], threading.Event]] = deque()
@@ -799,7 +813,8 @@ class WorkerPool:
         self._failed_starts = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self.zygote = _Zygote.start(self.scratch) if start == "fork" and fork_available() else None
+        forking = start == "fork" and python is None and fork_available()
+        self.zygote = _Zygote.start(self.scratch) if forking else None
         self.workers = self._spawn(size)
         self._thread = threading.Thread(target=self._supervise, name="pywren-local-pool", daemon=True)
         self._thread.start()
@@ -819,12 +834,14 @@ class WorkerPool:
     def _spawn_interpreter(self) -> _Worker:
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        # The worker must import this very pywren_core, whether installed or run from a checkout.
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(pywren_core.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        if self.python:  # a runtime's venv: its own packages and pywren_core, nothing of the client's
+            env.pop("PYTHONPATH", None)
+        else:  # the worker must import this very pywren_core, whether installed or run from a checkout
+            package_root = os.path.dirname(os.path.dirname(os.path.abspath(pywren_core.__file__)))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         code = f"from pywren_core.backends.local import worker_main; worker_main({theirs.fileno()})"
         process = subprocess.Popen(
-            [sys.executable, "-c", code],
+            [self.python or sys.executable, "-c", code],
             pass_fds=(theirs.fileno(),),
             cwd=self.scratch,
             env=env,
