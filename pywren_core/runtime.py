@@ -146,22 +146,24 @@ def _requirement_name(line: str) -> str:
     return canonical(match.group(1))
 
 
-def worker_requirements(platform: Platform) -> list[str]:
-    """What every worker needs besides the user's requirements, pinned to the client's versions:
-    pywren-core's dependencies (cloudpickle above all: a pickle must load on the other side) and
-    the plugin's."""
-    lines = []
-    for requirement in metadata.requires("pywren-core") or ():
-        if ";" not in requirement:
-            lines.append(requirement)
-    lines += platform.requirements
-    pinned = []
+#: Distributions a worker must have at the client's very version: a pickle written by one
+#: cloudpickle may not load in another.
+SAME_AS_CLIENT = frozenset({"cloudpickle"})
+
+
+def worker_requirements(platform: Platform, user_requirements: Sequence[str] = ()) -> list[str]:
+    """What every worker needs besides the user's requirements: pywren-core's dependencies and the
+    plugin's, pinned to the client's versions, except where the user's requirements name the
+    distribution too: then only its own range, and the resolver reconciles both. cloudpickle
+    always stays at the client's version."""
+    named = {_requirement_name(line) for line in user_requirements}
+    lines = [r for r in metadata.requires("pywren-core") or () if ";" not in r] + list(platform.requirements)
+    out = []
     for line in lines:
         name = _requirement_name(line)
         version = _installed_version(name)
-        bare = re.fullmatch(r"\s*[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[^\]]*\])?\s*([<>=!~].*)?", line)
-        pinned.append(f"{name}=={version}" if version and bare else line)
-    return pinned
+        out.append(f"{name}=={version}" if version and (name in SAME_AS_CLIENT or name not in named) else line)
+    return out
 
 
 def _pip(*args: str) -> list[str]:
@@ -285,7 +287,7 @@ def _platform_identity(platform: Platform) -> dict[str, Any]:
 
 
 def _spec_key(spec: RuntimeSpec, platform: Platform) -> str:
-    return _digest({"requirements": [*spec.requirements, *worker_requirements(platform)],
+    return _digest({"requirements": [*spec.requirements, *worker_requirements(platform, spec.requirements)],
                     "image": spec.image, "platform": _platform_identity(platform)})[:24]
 
 
@@ -341,7 +343,7 @@ def build(spec: RuntimeSpec, platform: Platform, *, upgrade: bool = False, insta
     if spec.image:
         return _image_runtime(spec, platform, spec_file)
     started = time.monotonic()
-    requirements = [*spec.requirements, *worker_requirements(platform)]
+    requirements = [*spec.requirements, *worker_requirements(platform, spec.requirements)]
     say(f"resolving {len(requirements)} requirements for {platform.describe()}")
     resolved = resolve(requirements, platform)
     provided = {canonical(p) for p in platform.provided}

@@ -39,7 +39,7 @@ class ServedBackend:
     @staticmethod
     @hookimpl
     def pywren_connect(config, role):
-        return local.pywren_connect(config, role="worker")  # storage only: no local worker pool
+        return local.pywren_connect(config, role="worker", runtime=None)  # storage only: no local worker pool
 
     @staticmethod
     @hookimpl

@@ -61,7 +61,7 @@ FULL_DISK = """
 import os, resource, signal, sys
 from pywren_core.backends import local
 from pywren_core.errors import StorageError
-session = local.pywren_connect({"storage_dir": sys.argv[1], "workers": 1}, "worker")
+session = local.pywren_connect({"storage_dir": sys.argv[1], "workers": 1}, "worker", None)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
 local.pywren_storage_put(session, "job/small", b"x" * 100)
