@@ -1,15 +1,23 @@
-"""``pywren deploy`` / ``pywren remove`` for AWS: the bucket, the function's zip package, and the Lambda API calls.
+"""``pywren deploy`` / ``pywren remove`` for AWS: the bucket, the function's package, and the Lambda API calls.
 
-The package holds pywren-core, pywren-aws and their pure-Python dependencies, copied from the
-client's own environment: the worker refuses a client whose Python or pywren-core version differs,
-so the client's installation is exactly what the function must run. boto3 and its dependencies are
-left out because every Lambda Python runtime ships them. Compiled extensions are left out too (the
-function may run on another architecture); the current dependencies only use theirs as optional
-speed-ups.
+The package is a zip of ``pywren_core.runtime.artifact_files``: the client's own pywren-core and
+pywren-aws (the worker refuses a client whose Python or pywren-core version differs, so the client's
+code is exactly what the function must run), with minimal ``.dist-info`` so the worker finds the
+plugin, plus the runtime's tree when one is configured (built by the core for :data:`plugin.PLATFORM`:
+manylinux wheels for Lambda's Python, compiled extensions included). Without a runtime the package
+carries, as before, the pure-Python dependencies of pywren-core and pywren-aws copied from the
+client's environment (their compiled extensions are left out: the current ones are only optional
+speed-ups). boto3 and its dependencies are never packaged: every Lambda Python runtime ships them.
+
+Each runtime gets a function of its own (:func:`plugin.function_name`), so runtimes live side by
+side. A package over Lambda's 50 MB direct-upload limit goes up to the job bucket first
+(``pywren.deploy/<function>/<sha256>.zip``) and is handed to Lambda as ``S3Bucket``/``S3Key``; a
+runtime that is a container image (``runtime: {image: ...}``) is deployed as ``PackageType=Image``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import re
@@ -20,16 +28,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pywren_core.errors import ConfigError, NotFoundError, PywrenError
+from pywren_core import runtime as runtimes
+from pywren_core.errors import ConfigError, NotFoundError, PywrenError, StorageError
 
+from pywren_aws import storage
 from pywren_aws.errors import mapped
-from pywren_aws.plugin import HANDLER, AwsSession
+from pywren_aws.plugin import HANDLER, LAMBDA_UNZIPPED_BYTES, PROVIDED_BY_LAMBDA, AwsSession, function_name
 
 ROOT_DISTRIBUTION = "pywren-aws"
-#: Distributions every Lambda Python runtime already provides.
-PROVIDED_BY_LAMBDA = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"}
-#: Lambda's limit for a zip uploaded directly with the API call.
+#: The client's own code that travels in every package: distribution -> import package.
+OWN_PACKAGES = {"pywren-core": "pywren_core", "pywren-aws": "pywren_aws"}
+#: Lambda's limit for a zip uploaded directly with the API call; larger ones go through S3.
 MAX_ZIP_BYTES = 50 * 2**20
+#: Lambda's limit for a zip handed over through S3 (its unzipped limit applies too).
+MAX_S3_ZIP_BYTES = LAMBDA_UNZIPPED_BYTES
+#: Where packages too large for a direct upload are staged in the job bucket.
+STAGING_PREFIX = "pywren.deploy/"
 _SKIPPED_SUFFIXES = {".pyc", ".pyo", ".so", ".pyd", ".dylib", ".pth"}
 _SKIPPED_METADATA = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the same files give the same zip, hence the same CodeSha256
@@ -106,21 +120,41 @@ def _files(dist: metadata.Distribution) -> Iterator[tuple[str, Path]]:
                 yield file.as_posix(), path
 
 
-def build_zip() -> bytes:
-    """The function's deployment package, byte for byte reproducible from the same installation."""
-    entries: dict[str, Path] = {}
-    for dist in distributions():
-        entries.update(_files(dist))
+def package_files(runtime: Any = None) -> dict[str, Path | bytes]:
+    """Every file of the function's package, by its path in the zip: ``artifact_files`` of the
+    runtime (or of none) and, without a runtime, the client's pure-Python third-party dependencies."""
+    files: dict[str, Path | bytes] = {}
+    if runtime is None:
+        for dist in distributions():
+            if _canonical(dist.metadata["Name"]) not in OWN_PACKAGES:
+                files.update(_files(dist))
+    files.update(runtimes.artifact_files(runtime, OWN_PACKAGES))
+    return files
+
+
+def build_zip(runtime: Any = None) -> bytes:
+    """The function's deployment package, byte for byte reproducible from the same files."""
+    entries = package_files(runtime)
     buffer = io.BytesIO()
+    unzipped = 0
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(entries):
+            content = entries[name]
             info = zipfile.ZipInfo(name, _FIXED_TIME)
-            info.external_attr = 0o644 << 16  # Lambda's runtime user must be able to read every file
+            # Lambda's runtime user must be able to read every file (and run the runtime's executables).
+            executable = isinstance(content, Path) and content.stat().st_mode & 0o111
+            info.external_attr = (0o755 if executable else 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, entries[name].read_bytes())
+            data = content if isinstance(content, bytes) else content.read_bytes()
+            unzipped += len(data)
+            archive.writestr(info, data)
     data = buffer.getvalue()
-    if len(data) > MAX_ZIP_BYTES:
-        raise PywrenError(f"the function package is {len(data) / 2**20:.1f} MB, over Lambda's 50 MB limit")
+    what = "the function package" if runtime is None else f"the package of runtime {runtime.name}"
+    if unzipped > LAMBDA_UNZIPPED_BYTES:
+        raise PywrenError(f"{what} is {unzipped / 2**20:.1f} MB unzipped, over Lambda's 250 MB limit: drop "
+                          "requirements the function does not need, or use a container image (runtime.image)")
+    if len(data) > MAX_S3_ZIP_BYTES:
+        raise PywrenError(f"{what} is {len(data) / 2**20:.1f} MB zipped, over what Lambda takes")
     return data
 
 
@@ -145,27 +179,58 @@ def ensure_bucket(session: AwsSession) -> str:
     return f"; created S3 bucket {bucket} in {region}"
 
 
+def _stage(session: AwsSession, name: str, code: bytes) -> dict[str, str]:
+    """Put a package too large for a direct upload into the job bucket; Lambda reads it from there.
+    Older packages of the same function are deleted (Lambda keeps its own copy of the code)."""
+    prefix = f"{STAGING_PREFIX}{name}/"
+    key = f"{prefix}{hashlib.sha256(code).hexdigest()}.zip"
+    storage.put(session.s3, session.bucket, key, code)
+    storage.delete(session.s3, session.bucket, [k for k in storage.list_keys(session.s3, session.bucket, prefix)
+                                                if k != key])
+    return {"S3Bucket": session.bucket, "S3Key": key}
+
+
+def _label(runtime: Any) -> str:
+    if runtime is None:
+        return "default package"
+    return f"runtime {runtime.name} ({runtime.manifest.get('label', 'default')!r})"
+
+
 def deploy(session: AwsSession, config: Mapping[str, Any]) -> str:
-    """Create the bucket if missing, create or update the function, wait until it can be invoked, and
-    turn off Lambda's own retries."""
-    name = config["function_name"]
+    """Create the bucket if missing, create or update the function that carries the session's runtime
+    (the default package without one), wait until it can be invoked, and turn off Lambda's own retries."""
+    rt = session.runtime
+    name = function_name(config["function_name"], rt)
     if not config["role_arn"]:
         raise ConfigError("aws.role_arn: deploying needs the ARN of the IAM role the function runs as "
                           "(allowed to read and write the bucket)")
     bucket = ensure_bucket(session)
-    code = build_zip()
+    settings: dict[str, Any] = {"Role": config["role_arn"], "MemorySize": config["memory"],
+                                "Timeout": config["function_timeout"]}
+    if rt is not None and rt.image:
+        # The user's image (``pywren runtime dockerfile`` writes one on Lambda's base image, with the
+        # client's pywren-core and pywren-aws in /var/task): Lambda pulls it from ECR.
+        code: dict[str, Any] = {"ImageUri": rt.image}
+        create = {"PackageType": "Image", "Code": code, "ImageConfig": {"Command": [HANDLER]}}
+        package = f"image {rt.image}"
+    else:
+        zipped = build_zip(rt)
+        code = {"ZipFile": zipped} if len(zipped) <= MAX_ZIP_BYTES else _stage(session, name, zipped)
+        settings.update(Handler=HANDLER, Runtime=runtime())
+        create = {"Code": code}
+        via = f", through s3://{code['S3Bucket']}/{code['S3Key']}" if "S3Key" in code else ""
+        package = f"package {len(zipped) / 2**20:.1f} MB{via}"
     client = session.control_client()
-    settings = {"Role": config["role_arn"], "Handler": HANDLER, "Runtime": runtime(),
-                "MemorySize": config["memory"], "Timeout": config["function_timeout"]}
+    description = "pywren worker" if rt is None else f"pywren worker, runtime {rt.name}"
     with mapped(f"deploying Lambda function {name}", default=PywrenError):
         try:
             client.get_function(FunctionName=name)
         except client.exceptions.ResourceNotFoundException:
-            client.create_function(FunctionName=name, Code={"ZipFile": code}, Architectures=[config["architecture"]],
-                                   Description="pywren worker", **settings)
+            client.create_function(FunctionName=name, Architectures=[config["architecture"]],
+                                   Description=description, **create, **settings)
             action = "created"
         else:
-            client.update_function_code(FunctionName=name, ZipFile=code, Architectures=[config["architecture"]])
+            client.update_function_code(FunctionName=name, Architectures=[config["architecture"]], **code)
             client.get_waiter("function_updated_v2").wait(FunctionName=name)
             client.update_function_configuration(FunctionName=name, **settings)
             action = "updated"
@@ -173,16 +238,38 @@ def deploy(session: AwsSession, config: Mapping[str, Any]) -> str:
         client.get_waiter("function_updated_v2").wait(FunctionName=name)
         # The core retries failed calls itself; Lambda's two automatic retries would run them again.
         client.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0)
-    return (f"{action} Lambda function {name} ({runtime()}, {config['architecture']}, {config['memory']} MB, "
-            f"{config['function_timeout']} s, package {len(code) / 2**20:.1f} MB){bucket}")
+    what = "" if rt is None else f"{_label(rt)}, "
+    return (f"{action} Lambda function {name} ({what}{runtime()}, {config['architecture']}, {config['memory']} MB, "
+            f"{config['function_timeout']} s, {package}){bucket}")
+
+
+def _runtime_functions(client: Any, base: str) -> list[str]:
+    """The functions of every runtime deployed under ``base`` (``<base>-rt-...``, ``<base>-img-...``)."""
+    found = []
+    for page in client.get_paginator("list_functions").paginate():
+        for function in page["Functions"]:
+            if function["FunctionName"].startswith((f"{base}-rt-", f"{base}-img-")):
+                found.append(function["FunctionName"])
+    return sorted(found)
 
 
 def remove(session: AwsSession, config: Mapping[str, Any]) -> str:
-    name = config["function_name"]
+    """Delete the function, every runtime's function beside it, and their staged packages."""
+    base = config["function_name"]
     client = session.control_client()
-    with mapped(f"removing Lambda function {name}", default=PywrenError):
-        try:
-            client.delete_function(FunctionName=name)
-        except client.exceptions.ResourceNotFoundException:
-            return f"no Lambda function {name} to remove"
-    return f"removed Lambda function {name}"
+    removed = []
+    with mapped(f"removing Lambda function {base}", default=PywrenError):
+        for name in [base, *_runtime_functions(client, base)]:
+            try:
+                client.delete_function(FunctionName=name)
+                removed.append(name)
+            except client.exceptions.ResourceNotFoundException:
+                continue
+    try:
+        staged = storage.list_keys(session.s3, session.bucket, f"{STAGING_PREFIX}{base}")
+        storage.delete(session.s3, session.bucket, [k for k in staged if k.split("/")[1] in removed])
+    except (NotFoundError, StorageError):
+        pass  # no bucket (any more): nothing staged there
+    if not removed:
+        return f"no Lambda function {base} to remove"
+    return f"removed Lambda function{'s' if len(removed) > 1 else ''} {', '.join(removed)}"

@@ -10,6 +10,7 @@ follow boto3's configuration too (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL_LA
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,12 +18,12 @@ import attrs
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError, NoRegionError, ReadTimeoutError
-from pywren_core.backend import REQUIRED, BackendInfo, ConfigField, Limits
+from pywren_core.backend import REQUIRED, BackendInfo, ConfigField, Limits, Platform
 from pywren_core.errors import AmbiguousInvokeError, ConfigError, InvokeError
 from pywren_core.hookspecs import hookimpl
 
 from pywren_aws import storage
-from pywren_aws.errors import DATA_NOT_FOUND, mapped
+from pywren_aws.errors import DATA_NOT_FOUND, error_code, mapped
 
 HANDLER = "pywren_aws.handler.lambda_handler"
 #: Lambda's async payload limit is 256 KB; stay a little under it.
@@ -35,6 +36,26 @@ LAMBDA_POOL = 128
 #: (its retries cover throttling and 5xx too), and the core retries ``ThrottledError`` on top, so keep
 #: it at one retry: a reset connection is retried here, a throttled operation mostly by the core.
 S3_TRIES = 2
+
+#: Distributions every Lambda Python runtime already provides: never put in a function's package.
+PROVIDED_BY_LAMBDA = frozenset({"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"})
+#: Lambda's limit for a function's unzipped code (262,144,000 bytes, layers included).
+LAMBDA_UNZIPPED_BYTES = 250 * 2**20
+#: What a runtime may take of it: the rest is kept for the client's pywren-core and pywren-aws, which
+#: every package carries beside the runtime (about 1 MB today).
+RUNTIME_MAX_BYTES = LAMBDA_UNZIPPED_BYTES - 10 * 2**20
+#: Lambda function names are at most 64 characters; a runtime's function adds ``-rt-<12 hex>``.
+MAX_FUNCTION_NAME = 64
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: Where runtimes are built for: Lambda's Python runtime for the client's Python version (a worker
+#: refuses another minor version), on Amazon Linux (manylinux wheels), x86_64 (see ``architecture``).
+PLATFORM = Platform(
+    python=PYTHON, os="linux", arch="x86_64", max_unzipped_bytes=RUNTIME_MAX_BYTES,
+    # boto3 and its dependencies, which pywren-aws needs too, ship with Lambda's runtime: nothing of the
+    # plugin's own is installed (``requirements`` stays empty).
+    provided=PROVIDED_BY_LAMBDA, requirements=(),
+    image_base=f"public.ecr.aws/lambda/python:{PYTHON}", image_code_dir="/var/task",
+)
 
 CONFIG = (
     ConfigField("bucket", str, REQUIRED, help="S3 bucket that holds the job objects"),
@@ -64,6 +85,7 @@ def pywren_backend_info() -> BackendInfo:
         # s3://BUCKET/KEY in any bucket the credentials reach, through the session's own S3 client (on the
         # client to list, in the function to read by range).
         data_schemes=("s3",),
+        platform=PLATFORM,
         features={
             "storage": "S3 (and S3-compatible stores)",
             "trigger": "Lambda asynchronous invoke (InvocationType=Event)",
@@ -80,24 +102,49 @@ class AwsSession:
     boto: boto3.session.Session
     s3: Any
     lambda_: Any = None
+    #: The runtime (``pywren_core.runtime.Runtime``) the calls run in, or None: the default package.
+    runtime: Any = None
 
     @property
     def bucket(self) -> str:
         return self.config["bucket"]
+
+    @property
+    def function_name(self) -> str:
+        """The Lambda function that carries the session's runtime: ``function_name`` itself for the
+        default package, ``<function_name>-<runtime name>`` for a runtime, so runtimes live side by side."""
+        return function_name(self.config["function_name"], self.runtime)
 
     def control_client(self) -> Any:
         """A Lambda client for deploy and remove: boto3's usual retries, patient timeouts."""
         return self.boto.client("lambda", config=Config(retries={"mode": "standard"}, read_timeout=300))
 
 
+def function_name(base: str, runtime: Any) -> str:
+    """The function for ``runtime`` (None: the default package) under the configured ``function_name``."""
+    name = base if runtime is None else f"{base}-{runtime.name}"
+    if len(name) > MAX_FUNCTION_NAME:
+        raise ConfigError(f"aws.function_name: {base!r} is too long for runtime functions ({name!r} is over "
+                          f"Lambda's {MAX_FUNCTION_NAME} characters); keep it to "
+                          f"{MAX_FUNCTION_NAME - len(name) + len(base)} characters")
+    return name
+
+
 @hookimpl
-def pywren_connect(config: Mapping[str, Any], role: str) -> AwsSession:
+def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> AwsSession:
     s3_config = Config(max_pool_connections=S3_POOL, retries={"mode": "standard", "total_max_attempts": S3_TRIES})
     # Opening a session reads the profile, and making a client resolves credentials: a missing profile
     # or half-set credentials fail here.
     with mapped("opening the AWS clients", default=ConfigError):
         boto = boto3.session.Session(region_name=config["region"])
         session = AwsSession(config, boto, boto.client("s3", endpoint_url=config["endpoint_url"], config=s3_config))
+    if runtime is not None:
+        session.runtime = runtime
+        session.function_name  # noqa: B018  (a name too long for Lambda fails here, not at the first invoke)
+        built_for = runtime.manifest.get("platform", {}).get("arch")
+        if not runtime.image and built_for and built_for != _lambda_arch(config["architecture"]):
+            raise ConfigError(f"aws.architecture is {config['architecture']}, but runtime {runtime.name} was built "
+                              f"for {built_for}: runtimes are built for x86_64 functions only")
     if role == "client":
         # No botocore retries: a throttled or ambiguous invocation must reach the core's invoker, which
         # backs off and invokes again (and counts a possible duplicate), instead of botocore retrying
@@ -113,6 +160,10 @@ def pywren_connect(config: Mapping[str, Any], role: str) -> AwsSession:
                 "or ~/.aws/config): set aws.region"
             ) from None
     return session
+
+
+def _lambda_arch(architecture: str) -> str:
+    return {"arm64": "aarch64"}.get(architecture, architecture)
 
 
 @hookimpl
@@ -167,7 +218,7 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
     429 and 5xx become ThrottledError (see ``errors.THROTTLED``); an answer lost after the request was
     sent, AmbiguousInvokeError; an endpoint that cannot be reached at all, InvokeError naming it.
     """
-    name = session.config["function_name"]
+    name = session.function_name
     body = json.dumps(payload, separators=(",", ":")).encode()
     what = f"Lambda invoke of {name} at {session.lambda_.meta.endpoint_url}"
     with mapped(what, default=InvokeError):
@@ -179,6 +230,15 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
         except (ConnectionClosedError, ReadTimeoutError) as exc:
             raise AmbiguousInvokeError(f"{what}: the request was sent but its answer was lost "
                                        f"({type(exc).__name__}); Lambda may have accepted it") from None
+        except session.lambda_.exceptions.ResourceNotFoundException as exc:
+            if session.runtime is None or error_code(exc) != "ResourceNotFoundException":
+                raise
+            label = session.runtime.manifest.get("label", "default")
+            flag = "" if label == "default" else f" --runtime {label}"
+            raise ConfigError(
+                f"{what}: runtime {session.runtime.name} ({label!r}) is not deployed (no function {name}); "
+                f"run `pywren deploy{flag}` with this config first"
+            ) from None
 
 
 @hookimpl

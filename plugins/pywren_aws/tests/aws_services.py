@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,21 @@ def start_moto(log_dir: Path, env: dict[str, str] | None = None, name: str = "mo
 
 
 def start_lambda(log_dir: Path, function: str, env: dict[str, str], runtimes: int = 4,
-                 timeout: float = 60.0, handler: str = "pywren_aws.handler.lambda_handler") -> LocalServer:
-    """The Lambda stand-in with ``runtimes`` runtime processes, started with ``env``."""
+                 timeout: float = 60.0, handler: str = "pywren_aws.handler.lambda_handler",
+                 deployed: dict[str, str] | None = None) -> LocalServer:
+    """The Lambda stand-in with ``runtimes`` runtime processes, started with ``env``.
+
+    ``deployed``: run the function's deployed package instead of this environment's packages, with
+    the keys ``moto_url``, ``bucket`` (where ``pywren deploy`` staged it), ``code_dir`` (where to
+    unpack it) and ``python`` (a clean interpreter: :func:`lambda_python`)."""
     port_file = log_dir / f"lambda-{function}.port"
     port_file.unlink(missing_ok=True)
     args = [sys.executable, str(HERE / "lambda_api_server.py"), "--function", function, "--handler", handler,
             "--port-file", str(port_file), "--runtimes", str(runtimes), "--timeout", str(timeout),
             "--log", str(log_dir / f"lambda-{function}-runtimes.log")]
+    if deployed:
+        args += ["--code-from", deployed["moto_url"], "--code-bucket", deployed["bucket"],
+                 "--code-dir", deployed["code_dir"], "--python", deployed["python"]]
     service = LocalServer("lambda_api_server", args, log_dir / f"lambda-{function}.log", env)
     service.wait_ready(port_file.exists, "port file written", timeout=60)
     service.url = f"http://127.0.0.1:{port_file.read_text()}"
@@ -68,3 +78,25 @@ def lambda_env(moto_url: str, task_root: Path, credentials: dict[str, str]) -> d
     env.update(AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=moto_url,
                LAMBDA_TASK_ROOT=str(task_root), AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
     return env
+
+
+#: What Lambda's Python runtime gives a function besides its package: boto3 (with its dependencies) and
+#: the runtime client that runs the handler.
+LAMBDA_PROVIDES = ("boto3", "awslambdaric")
+
+
+def lambda_python(folder: Path) -> Path:
+    """A fresh virtual environment at ``folder`` with nothing but what Lambda's Python runtime
+    provides (:data:`LAMBDA_PROVIDES`, at this environment's versions, from the package index);
+    made once, its interpreter returned."""
+    python = folder / "bin" / "python"
+    if (folder / "complete").exists():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True, capture_output=True)
+    pins = [f"{name}=={metadata.version(name)}" for name in LAMBDA_PROVIDES]
+    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"installing {pins} into {folder} failed:\n{done.stderr[-3000:]}")
+    (folder / "complete").touch()
+    return python

@@ -11,13 +11,24 @@ process runs which invocation: like Lambda, it kills a process whose invocation 
 
 Run: ``python lambda_api_server.py --function NAME --handler MOD.FUNC --port-file FILE [--runtimes N]
 [--timeout S] [--log FILE]``; the port it bound on 127.0.0.1 is written to ``--port-file`` once it
-serves. Tests steer it with ``/_control/`` requests: ``stats``, ``payloads``, ``dropped`` (the payloads
+serves. By default the runtime processes run this interpreter with its environment (fast: the tests'
+own packages). With ``--code-from MOTO_URL --code-bucket BUCKET --code-dir DIR --python PYTHON`` they
+run the DEPLOYED function instead, as Lambda does: the server asks moto's Lambda API for the function
+(``GetFunction``: its handler, ``CodeSha256`` and ``Code.Location``), fetches the package from moto's S3
+(the key of ``Code.Location`` in ``BUCKET``, where ``pywren deploy`` staged it; moto keeps no copy of a
+direct upload that can be fetched), checks its SHA-256, unpacks it into DIR and starts ``PYTHON -m
+awslambdaric HANDLER`` with only DIR on ``PYTHONPATH`` (``LAMBDA_TASK_ROOT``, the working directory):
+PYTHON should be a fresh virtual environment holding what Lambda provides (boto3, awslambdaric).
+Tests steer it with ``/_control/`` requests: ``stats``, ``payloads``, ``dropped`` (the payloads
 whose answer was dropped), ``throttle``, ``drop`` and ``configure`` (JSON bodies), ``reset``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import io
 import json
 import os
 import queue
@@ -25,15 +36,49 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 MAX_ASYNC_PAYLOAD = 256 * 1024
 MAX_DROPS = 2
 RUNTIME_PREFIX = "/2018-06-01/runtime/"
 ARN_PREFIX = "arn:aws:lambda:us-east-1:123456789012:function:"
+#: What the runtime processes of the deployed code inherit from this process's environment: nothing
+#: that would point Python at the tests' packages (PYTHONPATH, a virtual environment) passes.
+_NOT_INHERITED = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV", "PYTHONSAFEPATH")
+
+
+def _moto_get(url: str, service: str) -> bytes:
+    """GET from moto's server, which tells the services apart by the credential scope of a request's
+    signature (and checks no signature): an anonymous GET would reach S3, and be refused there."""
+    scope = f"AWS4-HMAC-SHA256 Credential=AKIASTANDIN/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host"
+    request = urllib.request.Request(url, headers={"Authorization": f"{scope}, Signature=0"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.read()
+
+
+def fetch_code(moto_url: str, function: str, bucket: str, code_dir: str) -> dict[str, Any]:
+    """Unpack the deployed package of ``function`` from moto into ``code_dir``; its facts."""
+    described = json.loads(_moto_get(f"{moto_url}/2015-03-31/functions/{function}", "lambda"))
+    configuration, location = described["Configuration"], described["Code"]["Location"]
+    key = urlparse(location).path.lstrip("/")
+    package = _moto_get(f"{moto_url}/{bucket}/{key}", "s3")
+    digest = base64.b64encode(hashlib.sha256(package).digest()).decode()
+    if digest != configuration["CodeSha256"]:
+        raise SystemExit(f"s3://{bucket}/{key} is not the code of {function}: SHA-256 {digest}, "
+                         f"the function's {configuration['CodeSha256']}")
+    with zipfile.ZipFile(io.BytesIO(package)) as archive:
+        for member in archive.infolist():
+            path = archive.extract(member, code_dir)
+            mode = member.external_attr >> 16
+            if mode and not member.is_dir():
+                os.chmod(path, mode & 0o777)
+    return {"sha256": digest, "bytes": len(package), "handler": configuration["Handler"], "dir": code_dir,
+            "key": key, "unzipped_bytes": sum(m.file_size for m in zipfile.ZipFile(io.BytesIO(package)).infolist())}
 
 
 
@@ -80,6 +125,11 @@ class Lambda:
     def __init__(self, args: argparse.Namespace, log: Any):
         self.function = args.function
         self.handler = args.handler
+        self.python = args.python or sys.executable
+        self.code: dict[str, Any] = {}
+        if args.code_from:
+            self.code = fetch_code(args.code_from, args.function, args.code_bucket, args.code_dir)
+            self.handler = self.code["handler"]
         self.timeout = args.timeout
         self.log = log
         self.queue: queue.Queue[Invocation] = queue.Queue()
@@ -118,10 +168,14 @@ class Lambda:
         env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{runtime.server.server_address[1]}",
                    AWS_LAMBDA_FUNCTION_NAME=self.function, AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
                    AWS_LAMBDA_FUNCTION_VERSION="$LATEST")
+        if self.code:  # the deployed package alone, as in Lambda's /var/task
+            for name in _NOT_INHERITED:
+                env.pop(name, None)
+            env.update(PYTHONPATH=self.code["dir"], LAMBDA_TASK_ROOT=self.code["dir"])
         runtime.current = None
         runtime.started = time.time()
         runtime.process = subprocess.Popen(
-            [sys.executable, "-m", "awslambdaric", self.handler], env=env, cwd=env.get("LAMBDA_TASK_ROOT"),
+            [self.python, "-m", "awslambdaric", self.handler], env=env, cwd=env.get("LAMBDA_TASK_ROOT"),
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
@@ -244,7 +298,8 @@ class Handler(BaseHTTPRequestHandler):
             })
         if self.path == "/_control/stats":
             with self.app.lock:
-                return self.reply(200, json.dumps({**self.app.stats, "queued": self.app.queue.qsize()}).encode())
+                stats = {**self.app.stats, "queued": self.app.queue.qsize(), "code": self.app.code}
+                return self.reply(200, json.dumps(stats).encode())
         if self.path == "/_control/payloads":
             with self.app.lock:
                 return self.reply(200, json.dumps(self.app.payloads).encode())
@@ -321,6 +376,11 @@ def main() -> None:
     parser.add_argument("--runtimes", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=60.0, help="the function's time limit, in seconds")
     parser.add_argument("--log", default=None, help="file for the runtimes' output (default: this stderr)")
+    parser.add_argument("--python", default=None, help="the runtime processes' interpreter (default: this one)")
+    parser.add_argument("--code-from", default=None, metavar="MOTO_URL",
+                        help="run the function's deployed package, fetched from moto (see the module's doc)")
+    parser.add_argument("--code-bucket", default=None, help="the S3 bucket of the staged package (--code-from)")
+    parser.add_argument("--code-dir", default=None, help="where to unpack the package (--code-from)")
     args = parser.parse_args()
     log = open(args.log, "ab", buffering=0) if args.log else sys.stderr.buffer
     app = Lambda(args, log)
