@@ -31,6 +31,11 @@ KNOWN_SCHEMES = {"s3": "aws", "gs": "gcp", "az": "azure", "abfs": "azure", "file
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 #: Bytes read past a piece's end in its first request, so that its last line usually needs no second.
 _TAIL_ROOM = 64 * 2**10
+#: Bytes of a first read looking for a line boundary (doubled while no line ends in them).
+_PROBE = 64 * 2**10
+#: The buffer of ``DataPiece.open()``: a read of this much or more goes from the block read straight
+#: into the bytes returned, one copy; smaller reads and lines go through the buffer.
+_BUFFER = 64 * 2**10
 
 
 def scheme_of(text: Any) -> str | None:
@@ -184,14 +189,26 @@ class DataPiece:
     def open(self, aligned: bool = True) -> io.BufferedReader:
         """A binary file object over exactly this piece's lines, read from storage as it goes."""
         storage = self._storage()
-        return io.BufferedReader(_PieceReader(self, storage, storage.block_size, aligned), storage.block_size)
+        return io.BufferedReader(_PieceReader(self, storage, storage.block_size, aligned), _BUFFER)
 
     def read(self) -> bytes:
-        """All of this piece's bytes; usually one ranged read."""
+        """All of this piece's bytes.
+
+        A piece of at most ``data_block_size`` bytes is one ranged read, cut to its lines (a copy of
+        at most a block). A larger one first finds where its lines begin and end, with a small read
+        at each end that is inside its object, then reads exactly those bytes: the bytes the store
+        returns are the result, never copied, and never held twice.
+        """
         storage = self._storage()
         start, end = self.byte_range
-        block = max(1, end - start + 1 + _TAIL_ROOM)
-        return b"".join(_PieceReader(self, storage, block, True).blocks())
+        if end - start <= storage.block_size:
+            block = max(1, end - start + 1 + _TAIL_ROOM)
+            return b"".join(_PieceReader(self, storage, block, True).blocks())
+        reader = _PieceReader(self, storage, storage.block_size, True)
+        low = reader.line_start(start, end)
+        if low >= end:
+            return b""  # the first line beginning here belongs to a later piece
+        return reader.fetch(low, reader.line_start(end, self.size))
 
     def lines(self, encoding: str | None = "utf-8", errors: str = "strict") -> Iterator[Any]:
         """This piece's lines without their ending (``\\n`` or ``\\r\\n``), decoded (``encoding=None``: bytes)."""
@@ -212,20 +229,51 @@ class _PieceReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def _current(self) -> memoryview:
+        """What is left of the block being read, the next block when that is used up; empty at the end."""
         if self._blocks is None:
             self._blocks = self.blocks()
         while not len(self._pending):
             block = next(self._blocks, None)
             if block is None:
-                return 0
+                break
             self._pending = block
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        return self._pending
+
+    def readinto(self, buffer: Any) -> int:
+        pending = self._current()
+        n = min(len(buffer), len(pending))
+        buffer[:n] = pending[:n]
+        self._pending = pending[n:]
         return n
 
-    def _fetch(self, start: int, end: int) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        pending = self._current()
+        self._pending = pending[size:]
+        return pending[:size].tobytes()
+
+    def readall(self) -> bytes:
+        rest = [self._current(), *(self._blocks or ())]
+        self._pending = memoryview(b"")
+        return b"".join(rest)
+
+    def line_start(self, pos: int, stop: int) -> int:
+        """Where the first line beginning at or after ``pos`` begins (just past the first "\\n" at or
+        after ``pos - 1``), or ``stop`` when none begins before it: small reads, growing to a block."""
+        if pos <= 0:
+            return 0
+        at, step = pos - 1, min(_PROBE, self.storage.block_size)
+        while at < stop - 1:
+            data = self.fetch(at, min(stop - 1, at + step))
+            newline = data.find(b"\n")
+            if newline >= 0:
+                return at + newline + 1
+            at, step = at + len(data), min(2 * step, self.storage.block_size)
+        return stop
+
+    def fetch(self, start: int, end: int) -> bytes:
         data = self.storage.get(self.piece.url, (start, end))
         if len(data) != end - start:
             raise ObjectChangedError(
@@ -241,7 +289,7 @@ class _PieceReader(io.RawIOBase):
         size = self.piece.size
         if not self.aligned:
             for pos in range(start, end, self.block):
-                yield memoryview(self._fetch(pos, min(end, pos + self.block)))
+                yield memoryview(self.fetch(pos, min(end, pos + self.block)))
             return
         # Skip to the first line beginning at or after start: just past the first "\n" at or
         # after start - 1.
@@ -249,7 +297,7 @@ class _PieceReader(io.RawIOBase):
         skipping = start > 0
         while pos < size:
             base = pos
-            data = self._fetch(pos, min(size, pos + self.block))
+            data = self.fetch(pos, min(size, pos + self.block))
             block = memoryview(data)
             pos += len(block)
             low = 0

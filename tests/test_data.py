@@ -21,11 +21,12 @@ class BytesStorage:
     """One object in memory, read the way the core reads storage: by byte range, in blocks."""
 
     def __init__(self, data: bytes, block_size: int):
-        self.data, self.block_size, self.reads = data, block_size, 0
+        self.data, self.block_size, self.reads, self.last = data, block_size, 0, b""
 
     def get(self, url: str, byte_range: tuple[int, int]) -> bytes:
         self.reads += 1
-        return self.data[byte_range[0] : byte_range[1]]
+        self.last = self.data[byte_range[0] : byte_range[1]]
+        return self.last
 
 
 def pieces_of(data: bytes, piece_size: int, block_size: int) -> list[DataPiece]:
@@ -66,6 +67,31 @@ def test_a_piece_is_read_a_block_at_a_time() -> None:
     sizes = [len(chunk) for chunk in iter(lambda: raw.read(1 << 20), b"")]
     assert sum(sizes) == len(data) and max(sizes) <= 4096, max(sizes)
     assert sum(1 for _ in piece.lines()) == 20_000
+
+
+def test_a_large_piece_is_read_without_a_copy() -> None:
+    data = b"".join(b"%06d\n" % i for i in range(20_000))  # 140 kB
+    store = BytesStorage(data, 4096)
+    piece = DataPiece("mem://o", len(data), (50_000, 100_001), storage=store)
+    got = piece.read()
+    assert got == owned(data, 50_000, 100_001) and got[:7] == b"007143\n" and got[-7:] == b"014285\n"
+    # A small read at each end finds the piece's lines; then one read of exactly them, returned as it came.
+    assert store.reads == 3 and got is store.last
+    # A piece of at most a block: one read, cut to its lines.
+    store.reads = 0
+    assert DataPiece("mem://o", len(data), (7, 4000), storage=store).read() == owned(data, 7, 4000)
+    assert store.reads == 1
+
+
+def test_streamed_reads_of_any_size_give_the_piece() -> None:
+    data = b"".join(b"%d\n" % i for i in range(60_000))  # 349 kB, more than the stream's buffer
+    pieces = pieces_of(data, 150_000, 10_000)
+    for size in (1, 4095, 65_536, 100_000, 1 << 20):
+        for piece in pieces:
+            with piece.open() as f:
+                chunks = list(iter(lambda: f.read(size), b""))  # noqa: B023
+            assert b"".join(chunks) == owned(data, *piece.byte_range), size
+            assert max(map(len, chunks)) <= size
 
 
 def test_an_object_that_shrank_since_planning_is_reported() -> None:
