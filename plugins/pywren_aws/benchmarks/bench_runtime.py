@@ -54,12 +54,23 @@ def cold_imports(python: Path, code_dir: str) -> dict[str, float]:
     return {"import pywren_aws.plugin, pywren_core.harness and .worker": best[0], "import numpy": best[1]}
 
 
+def _compute_summary(run: Any) -> Any:
+    """The compute workload's summary in a ``pywren bench run`` file."""
+    workloads_run = run.get("workloads", run)
+    found = workloads_run.get("compute") if isinstance(workloads_run, dict) else None
+    if found is None and isinstance(workloads_run, list):
+        found = next((w for w in workloads_run if w.get("name") == "compute"), None)
+    return {"summary": found.get("summary"), "skipped": found.get("skipped")} if found else "not found"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--loops", type=int, default=4)
     parser.add_argument("--runtimes", type=int, default=2, help="runtime processes of the stand-in")
+    parser.add_argument("--bench-run", metavar="FILE",
+                        help="then run `pywren bench run --suite standard -o FILE` with the numpy runtime too")
     args = parser.parse_args()
     for var in list(os.environ):
         if var.startswith(("AWS_", "PYWREN_")):
@@ -120,6 +131,17 @@ def main() -> None:
                     result = workloads.compute(ex, calls=args.calls, n=args.n, loops=args.loops)
                 figures["compute"] = result["summary"]
                 figures["compute skipped"] = result["skipped"]
+                if args.bench_run:
+                    import yaml
+                    from pywren_core import cli
+
+                    (scratch / "config.yaml").write_text(yaml.safe_dump(config))
+                    os.environ["PYWREN_CONFIG_FILE"] = str(scratch / "config.yaml")
+                    started = time.monotonic()
+                    cli.main(["bench", "run", "--suite", "standard", "-o", args.bench_run])
+                    figures["pywren bench run s"] = time.monotonic() - started
+                    run = json.loads(Path(args.bench_run).read_text())
+                    figures["pywren bench compute"] = _compute_summary(run)
             finally:
                 stand_in.stop()
         finally:
