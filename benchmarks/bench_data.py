@@ -21,9 +21,10 @@ back digests of the modules its worker imported, compared with the tree's files)
 
 **Throughput.** ``--gigabytes`` of text lines (GB = 10^9 bytes) in ``--objects`` objects, cut into
 ``--piece-mib`` pieces by the map. Two workloads, each reading every byte and doing next to nothing
-with it, so the figure is the read path: ``len(piece.read())`` (one ranged read per piece), and a
-streaming pass ``f.read(1 MiB)`` until the end over ``piece.open()`` (ranged reads of the backend's
-``data_block_size``). Each map is timed from the call to ``map`` (which lists and plans) until every
+with it, so the figure is the read path: ``len(piece.read())`` (one ranged read of exactly the piece's
+lines, after a 64 KiB read at each end inside its object to find them), and a streaming pass
+``f.read(1 MiB)`` until the end over ``piece.open()`` (ranged reads of the backend's ``data_block_size``).
+Each map is timed from the call to ``map`` (which lists and plans) until every
 result is in, on one executor warmed by a first untimed map; every run checks the bytes read. The
 platform runs ``--concurrency`` calls at once (Lambda runtimes, gunicorn threads, Functions host
 slots, local workers). The raw side reads the same pieces' byte ranges with the platform's SDK, one

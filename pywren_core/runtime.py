@@ -230,6 +230,21 @@ def _install(pins: Sequence[str], platform: Platform, target: Path, installer: s
              f"installing the runtime with pip into {target}")
 
 
+def _compile(site: Path, platform: Platform) -> bool:
+    """Compile the tree's modules once, here, when the platform runs this Python: a cold worker then
+    loads bytecode instead of compiling numpy and pandas anew on every start (the code directory
+    of a function is read-only, so it could never keep its own). Unchecked-hash files, because
+    artifacts carry fixed timestamps that a timestamp check would take for stale sources."""
+    if platform.python_version != f"{sys.version_info.major}.{sys.version_info.minor}":
+        return False
+    import compileall
+    import py_compile
+
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    compileall.compile_dir(str(site), quiet=2, workers=0, invalidation_mode=mode)  # a test file's syntax error: fine
+    return True
+
+
 def _top_levels(site: Path) -> dict[str, str]:
     """Importable top-level name -> canonical distribution, from the tree's ``.dist-info`` records."""
     modules: dict[str, str] = {}
@@ -355,7 +370,10 @@ def build(spec: RuntimeSpec, platform: Platform, *, upgrade: bool = False, insta
         say(f"installing {len(pins)} distributions with {installer} into {path}")
         scratch = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=_ensure(folder)))
         try:
+            installed_at = time.monotonic()
             _install(pins, platform, scratch / "site", installer)
+            compiled_at = time.monotonic()
+            compiled = _compile(scratch / "site", platform)
             sizes = _sizes(scratch / "site")
             check_size(sizes, platform, name)
             manifest = {
@@ -363,8 +381,11 @@ def build(spec: RuntimeSpec, platform: Platform, *, upgrade: bool = False, insta
                 "python": platform.python_version, "platform": _platform_identity(platform),
                 "distributions": {n: v for n, v in resolved.items() if n not in provided},
                 "provided": sorted(provided), "modules": _top_levels(scratch / "site"),
-                "size_bytes": sum(sizes.values()), "installer": installer,
+                "size_bytes": sum(sizes.values()), "installer": installer, "bytecode": compiled,
                 "build_seconds": round(time.monotonic() - started, 2), "built_at": time.time(),
+                "seconds": {"resolve": round(installed_at - started, 2),
+                            "install": round(compiled_at - installed_at, 2),
+                            "compile": round(time.monotonic() - compiled_at, 2)},
             }
             (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             shutil.rmtree(path, ignore_errors=True)
@@ -486,11 +507,10 @@ def artifact_files(runtime: Runtime | None, packages: Mapping[str, str]) -> dict
     ``{"pywren-core": "pywren_core", "pywren-aws": "pywren_aws"}``) with minimal metadata.
     Plugins lay these out as their platform wants (a zip, ``.python_packages``, an image)."""
     files: dict[str, Path | bytes] = {}
-    if runtime is not None:
+    if runtime is not None:  # with its bytecode, compiled for the platform's Python at build time
         for path in sorted(runtime.site.rglob("*")):
-            relative = path.relative_to(runtime.site)
-            if path.is_file() and "__pycache__" not in relative.parts and path.suffix not in (".pyc", ".pyo"):
-                files[relative.as_posix()] = path
+            if path.is_file():
+                files[path.relative_to(runtime.site).as_posix()] = path
     for distribution, package in packages.items():
         files.update(_package_files(package))
         files.update(dist_info(distribution))
