@@ -144,10 +144,9 @@ def parse_status_key(key: str) -> tuple[str, int] | None:
 
 def sign(secret: bytes, context: str, data: bytes) -> bytes:
     """Prefix ``data`` with an HMAC over it and its context (which object of which job it is)."""
-    mac = hmac.new(secret, context.encode(), hashlib.sha256)
-    mac.update(b"\0")
-    mac.update(data)
-    return _MAGIC + mac.digest() + data
+    # hmac.digest is OpenSSL's one-shot HMAC: a fifth of hmac.new's cost for the small objects
+    # most calls sign; the copy of ``data`` it needs costs less than that for large ones too.
+    return _MAGIC + hmac.digest(secret, b"%s\0%s" % (context.encode(), data), "sha256") + data
 
 
 def verify(secret: bytes, context: str, blob: bytes) -> bytes:
@@ -156,10 +155,8 @@ def verify(secret: bytes, context: str, blob: bytes) -> bytes:
     if len(blob) < head or blob[: len(_MAGIC)] != _MAGIC:
         raise SignatureError(f"{context}: not a signed pywren object; refusing to unpickle it")
     data = memoryview(blob)[head:]
-    mac = hmac.new(secret, context.encode(), hashlib.sha256)
-    mac.update(b"\0")
-    mac.update(data)
-    if not hmac.compare_digest(mac.digest(), blob[len(_MAGIC) : head]):
+    expected = hmac.digest(secret, b"%s\0%s" % (context.encode(), data), "sha256")
+    if not hmac.compare_digest(expected, blob[len(_MAGIC) : head]):
         raise SignatureError(
             f"{context}: signature does not match this job's secret (the object was altered or written "
             "by someone else); refusing to unpickle it"

@@ -139,20 +139,25 @@ _PLAIN_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _PLAIN_CONTAINERS = frozenset({tuple, list, set, frozenset})
 
 
-def _plain(obj: Any, budget: list[int]) -> bool:
+def _plain(obj: Any, budget: int = 256) -> bool:
     """Whether ``obj`` is built-in data only (numbers, strings, bytes and containers of them, up to
-    a few hundred items): what the standard pickler writes exactly as cloudpickle would."""
-    budget[0] -= 1
-    kind = type(obj)
-    if budget[0] < 0:
-        return False
-    if kind in _PLAIN_SCALARS:
-        return True
-    if kind in _PLAIN_CONTAINERS:
-        return all(_plain(item, budget) for item in obj)
-    if kind is dict:
-        return all(_plain(k, budget) and _plain(v, budget) for k, v in obj.items())
-    return False
+    ``budget`` items): what the standard pickler writes exactly as cloudpickle would. A loop over a
+    stack, not recursion: it runs for every call's arguments."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _PLAIN_SCALARS:
+            continue
+        if kind not in _PLAIN_CONTAINERS and kind is not dict:
+            return False
+        budget -= len(item)
+        if budget < 0:
+            return False
+        stack.extend(item)
+        if kind is dict:
+            stack.extend(item.values())
+    return True
 
 
 def dumps(obj: Any, by_reference: set[str] | None = None) -> bytes:
@@ -161,7 +166,7 @@ def dumps(obj: Any, by_reference: set[str] | None = None) -> bytes:
     ``by_reference``, when given, receives the names of the modules the pickle refers to by name:
     the ones the worker must be able to import (checked against a runtime before invoking).
     """
-    if _plain(obj, [256]):  # most call arguments: the C pickler, without cloudpickle's per-object hook
+    if _plain(obj):  # most call arguments: the C pickler, without cloudpickle's per-object hook
         return pickle.dumps(obj, protocol=cloudpickle.DEFAULT_PROTOCOL)
     data, modules = _dump(obj)
     user = {m for m in modules if is_user_module(m)}
