@@ -11,6 +11,10 @@ The response is streamed: a first line acknowledges the request (the client's in
 there), then one line per payload as it finishes. The response, and so the request, ends only when
 every call has finished, because Cloud Run allocates CPU to an instance only while it is answering
 a request: replying first and working afterwards would run the calls on a throttled CPU.
+
+Each deployed function carries one runtime (``main.py`` sets :data:`DEPLOYED_RUNTIME`); a request
+whose payloads ask for another one is refused (HTTP 409) before anything runs, naming both, so a
+URL pointing at the wrong function fails at once instead of in every call's imports.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from pywren_core import harness
+
+#: The runtime this function carries ("" for the default one), set by the package's ``main.py``;
+#: None (the handler imported some other way): payloads are not checked.
+DEPLOYED_RUNTIME: str | None = None
 
 harness.prestart("gcp")  # while the instance starts: the first call finds a worker process warm
 
@@ -62,6 +70,13 @@ def handler(request: Any) -> Any:
             raise ValueError("payloads must be a list of invoke payloads")
     except Exception as exc:
         return f"not a pywren invocation ({type(exc).__name__}): expected {{\"payloads\": [...]}}\n", 400
+    if DEPLOYED_RUNTIME is not None:
+        wanted = sorted({p.get("runtime") or "" for p in payloads} - {DEPLOYED_RUNTIME})
+        if wanted:
+            mine = f"runtime {DEPLOYED_RUNTIME}" if DEPLOYED_RUNTIME else "the default runtime"
+            theirs = f"runtime {wanted[0]}" if wanted[0] else "the default runtime"
+            return (f"this function carries {mine}, the calls need {theirs}: point the client at the function "
+                    f"deployed for it (`pywren deploy` with that runtime configured)\n", 409)
     runs = [_Run(payload, started) for payload in payloads]
     for run in runs:
         run.thread.start()

@@ -19,7 +19,7 @@ import google.oauth2.id_token
 import google.oauth2.service_account
 
 from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits
-from pywren_core.errors import InvokeError
+from pywren_core.errors import ConfigError, InvokeError
 from pywren_core.hookspecs import hookimpl
 from pywren_gcp import deploy as deploy_module
 from pywren_gcp.storage import (
@@ -41,7 +41,11 @@ CONFIG = (
     ConfigField("project", str, "", help="Google Cloud project (default: the credentials' project)"),
     ConfigField("region", str, "us-central1", help="region of the function (and of a bucket deploy creates)"),
     ConfigField("function_name", str, "pywren-runner", help="name of the Cloud Run function that runs the calls"),
-    ConfigField("function_url", str, "", help="the function's URL (default: looked up from the deployed function)"),
+    ConfigField("function_url", str, "",
+                help="the default runtime's function URL (default: looked up from the deployed function)"),
+    ConfigField("runtime_urls", dict, {},
+                help="a runtime's function URL by runtime name (rt-...) or label (default: looked up from the "
+                     "function deployed for it, <function_name>-<runtime name>)"),
     ConfigField("authenticated", bool, True,
                 help="send an ID token with each invocation (false for a local or public endpoint)"),
     ConfigField("storage_endpoint", str, "",
@@ -74,6 +78,7 @@ def pywren_backend_info() -> BackendInfo:
         poll_interval=(0.05, 2.0),
         storage_concurrency=32,
         data_schemes=("gs",),
+        platform=deploy_module.platform(),
         features={
             "trigger": "HTTP (Cloud Run functions / Cloud Functions gen2), the request held open while the call runs",
             "invocation": "one event-loop thread (aiohttp, keep-alive); bounded connections; calls packed into a "
@@ -86,8 +91,18 @@ def pywren_backend_info() -> BackendInfo:
 class GcpSession:
     """The clients one config needs: storage at once, the invoker and tokens on first use."""
 
-    def __init__(self, config: Mapping[str, Any], role: str):
+    def __init__(self, config: Mapping[str, Any], role: str, runtime: Any = None):
         self.config = dict(config)
+        #: The built runtime (``pywren_core.runtime.Runtime``) the calls run in; None: the default.
+        self.runtime = runtime
+        if role == "client" and runtime is not None and self.config["function_url"] \
+                and not deploy_module.runtime_url(self.config, runtime):
+            label = runtime.manifest.get("label", "default")
+            raise ConfigError(
+                f"gcp.function_url is the default runtime's function; runtime {runtime.name} ({label!r}) runs in "
+                f"a function of its own: give its URL in gcp.runtime_urls ({{{runtime.name}: URL}} or "
+                f"{{{label}: URL}}), or unset gcp.function_url to use the function `pywren deploy` deploys for it "
+                f"({deploy_module.function_name(self.config, runtime)})")
         self._lock = threading.Lock()
         self._credentials: Any = None
         self._id_credentials: Any = None
@@ -125,9 +140,7 @@ class GcpSession:
             dispatcher = self._dispatcher
         if dispatcher is not None:
             return dispatcher
-        if not (url := self.config["function_url"]):
-            with credentials_mapped("looking up the function's URL"):
-                url = deploy_module.lookup_url(self.api(), self.config)
+        url = self.function_url()
         from pywren_gcp.invoker import Dispatcher  # aiohttp: clients only, a worker never loads it
 
         with self._lock:
@@ -140,6 +153,19 @@ class GcpSession:
                     hold_timeout=float(self.config["function_timeout"]) + 60.0,
                 )
             return self._dispatcher
+
+    def function_url(self) -> str:
+        """The URL of the function that carries the session's runtime: configured (``function_url``
+        for the default, ``runtime_urls`` for a runtime), else looked up from the deployed function;
+        a runtime never deployed is an error naming ``pywren deploy``."""
+        if self.runtime is None:
+            url = self.config["function_url"]
+        else:
+            url = deploy_module.runtime_url(self.config, self.runtime)
+        if not url:
+            with credentials_mapped("looking up the function's URL"):
+                url = deploy_module.lookup_url(self.api(), self.config, self.runtime)
+        return url
 
     def authorization(self, url: str) -> str:
         """The Authorization header for an invocation ('' when the endpoint needs none)."""
@@ -182,8 +208,8 @@ class GcpSession:
 
 
 @hookimpl
-def pywren_connect(config: Mapping[str, Any], role: str) -> GcpSession:
-    return GcpSession(config, role)
+def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> GcpSession:
+    return GcpSession(config, role, runtime)
 
 
 @hookimpl
@@ -249,7 +275,7 @@ def pywren_deploy(session: GcpSession, config: Mapping[str, Any]) -> str:
         if not bucket.exists():
             session.store.client.create_bucket(bucket, location=config["region"])
     with credentials_mapped("deploying the function"):
-        return deploy_module.deploy(session.api(), config)
+        return deploy_module.deploy(session.api(), config, session.runtime)
 
 
 @hookimpl

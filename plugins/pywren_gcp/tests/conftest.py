@@ -13,7 +13,16 @@ import pytest
 from pywren_core.testing import LocalServer, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 from pywren_gcp.deploy import build_package
 
-from servers import BUCKET, DATA_BUCKET, StatusAnswer, raw_client, start_fake_gcs, start_function, unpack_package
+from servers import (
+    BUCKET,
+    DATA_BUCKET,
+    StatusAnswer,
+    clean_function_python,
+    raw_client,
+    start_fake_gcs,
+    start_function,
+    unpack_package,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +76,63 @@ def function(log_dir: Path, package_dir: Path, storage_url: str) -> Iterator[tup
 @pytest.fixture(scope="session")
 def function_url(function: tuple[LocalServer, str]) -> str:
     return function[1]
+
+
+# --- a runtime (numpy), built once per test session, deployed as its own source package and served
+# by functions-framework in a clean interpreter: only what Cloud Build would install for it -------
+
+#: The runtime the tests build: the config's ``runtimes:`` section, and the name they select.
+RUNTIMES = {"ml": {"requirements": ["numpy"]}}
+
+
+@pytest.fixture(scope="session")
+def runtimes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session's runtimes are built (``PYWREN_RUNTIMES_DIR``): built once, then cached."""
+    return tmp_path_factory.mktemp("runtimes")
+
+
+@pytest.fixture(scope="session")
+def ml_runtime(runtimes_dir: Path) -> Any:
+    from pywren_core import runtime
+    from pywren_gcp.deploy import platform
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(runtime.DIR_ENV, str(runtimes_dir))
+        return runtime.build(runtime.RuntimeSpec.from_config("ml", RUNTIMES), platform())
+
+
+@pytest.fixture(scope="session")
+def ml_package(ml_runtime: Any) -> bytes:
+    """The runtime's source package: the zip ``pywren deploy`` uploads."""
+    return build_package(rt=ml_runtime)
+
+
+@pytest.fixture(scope="session")
+def ml_package_dir(tmp_path_factory: pytest.TempPathFactory, ml_package: bytes) -> Path:
+    """The runtime's source package, unpacked."""
+    directory = tmp_path_factory.mktemp("ml-package")
+    unpack_package(ml_package, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ml_function(tmp_path_factory: pytest.TempPathFactory, log_dir: Path, ml_package_dir: Path,
+                storage_url: str) -> Iterator[tuple[LocalServer, str]]:
+    """functions-framework in a fresh venv of only what Cloud Build installs for the package."""
+    python = clean_function_python(ml_package_dir, tmp_path_factory.mktemp("ml-venv") / "venv")
+    service, url = start_function(log_dir, ml_package_dir / "main.py", storage_url, threads=8,
+                                  name="functions-framework-ml", python=python)
+    yield service, url
+    service.stop()
+
+
+@pytest.fixture
+def ml_config(monkeypatch: pytest.MonkeyPatch, runtimes_dir: Path, ml_runtime: Any, storage_url: str,
+              ml_function: tuple[LocalServer, str]) -> dict[str, Any]:
+    """A config selecting the ``ml`` runtime, its function's URL under ``runtime_urls`` (by label)."""
+    monkeypatch.setenv("PYWREN_RUNTIMES_DIR", str(runtimes_dir))  # the isolation fixture removed it
+    config = gcp_config(storage_url, "", runtime_urls={"ml": ml_function[1]})
+    return {**config, "runtimes": RUNTIMES, "runtime": "ml"}
 
 
 def gcp_config(storage_url: str, function_url: str, **settings: Any) -> dict[str, Any]:

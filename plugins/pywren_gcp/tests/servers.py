@@ -13,6 +13,7 @@ import http.server
 import io
 import os
 import socket
+import subprocess
 import sys
 import threading
 import zipfile
@@ -68,25 +69,48 @@ def unpack_package(package: bytes, directory: Path) -> Path:
 
 def start_function(log_dir: Path, source: Path, storage_url: str, threads: int = 48,
                    overrides: Mapping[str, str | None] | None = None,
-                   name: str = "functions-framework") -> tuple[LocalServer, str]:
+                   name: str = "functions-framework", python: str | os.PathLike[str] | None = None,
+                   ) -> tuple[LocalServer, str]:
     """functions-framework serving ``source``; ``overrides`` set (or, with None, remove) variables of
-    its environment."""
+    its environment. ``python``: another interpreter than the tests' (a clean one: see
+    :func:`clean_function_python`); it gets no ``PYTHONPATH``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYWREN_")}
     # The worker reaches storage through the endpoint in the payload's config; the emulator variable
     # is what a worker would see on a machine without Google credentials.
     env.update(STORAGE_EMULATOR_HOST=storage_url, THREADS=str(threads), WORKERS="1", PYTHONUNBUFFERED="1")
+    if python is not None:
+        overrides = {"PYTHONPATH": None, "VIRTUAL_ENV": None, **(overrides or {})}
     for key, value in (overrides or {}).items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = value
-    argv = [sys.executable, "-m", "functions_framework", "--source", str(source), "--target", "handler",
+    argv = [str(python or sys.executable), "-m", "functions_framework", "--source", str(source), "--target", "handler",
             "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     service = LocalServer(name, argv, log_dir / f"{name}.log", env, source.parent, url)
     service.wait_ready(lambda: http_status(f"{url}/robots.txt") == 404, "GET /robots.txt: 404")
     return service, url
+
+
+def clean_function_python(package_dir: Path, venv: Path) -> Path:
+    """A fresh virtual environment holding what Cloud Build installs for the unpacked source package
+    (``pip install -r requirements.txt``, plus functions-framework, which the platform provides) and
+    nothing else; returns its interpreter. Not even pip stays in it: the tests' pip installs into it.
+    """
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    client_ff = next((line for line in (package_dir / "requirements.txt").read_text().split()
+                      if line.startswith("functions-framework")), "functions-framework")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", str(python), "install", "--quiet",
+         "-r", str(package_dir / "requirements.txt"), client_ff],
+        capture_output=True, text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(f"installing the package's requirements.txt into {venv} failed:\n{done.stderr[-3000:]}")
+    return python
 
 
 class RecordingProxy:
