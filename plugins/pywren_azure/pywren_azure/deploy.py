@@ -1,10 +1,21 @@
 """``pywren deploy`` / ``pywren remove`` for Azure: the function app's zip package and its upload.
 
 The package is what Azure Functions runs: ``host.json``, a ``function_app.py`` that carries this
-config's non-secret settings and imports :mod:`pywren_azure.function_app`, a ``requirements.txt``
-of the third-party packages pinned to the versions this client runs (installed by the platform's
-remote build), and pywren-core and pywren-azure themselves, vendored with their metadata so the
+config's non-secret settings and imports :mod:`pywren_azure.function_app`, and the client's own
+pywren-core and pywren-azure with their metadata (``pywren_core.runtime.artifact_files``), so the
 worker finds the ``azure`` entry point and runs the very core version of the client.
+
+Without a runtime, the third-party packages are a ``requirements.txt`` pinned to the versions this
+client runs, installed by the platform's remote build. With one (``runtime: {requirements: [...]}``
+in the config), the package carries everything, built by the core for Linux x86-64 and this
+Python: the runtime's tree plus pywren-core and pywren-azure under ``.python_packages/lib/site-packages``
+(where ``func pack`` puts an app's dependencies), and the app's remote build is switched off.
+
+Runtimes coexist as one function app per runtime *label* (``function_app`` for the default,
+``<function_app>-<label>`` for ``runtimes: {<label>: ...}``), each reading a queue and serving a
+route named after its runtime's *name*, a hash of its packages (see :func:`pywren_azure.invoke.queue_name`).
+Each deploy records the runtime an app now carries in the job container (``pywren.runtimes/``);
+a client whose runtime no app carries is refused before it invokes, naming ``pywren deploy``.
 
 Deploying needs ``payload_key``: it becomes the app setting ``PYWREN_PAYLOAD_KEY`` (through Azure
 Resource Manager), never a file of the package, which Azure keeps in the storage account. Then
@@ -20,7 +31,7 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,17 +39,27 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 import pywren_azure
-import pywren_core
 from pywren_azure.errors import mapped, scrub
-from pywren_azure.invoke import PAYLOAD_KEY_COMMAND, QueueInvoker
+from pywren_azure.invoke import PAYLOAD_KEY_COMMAND, QueueInvoker, app_name, http_route, queue_name, runtime_label
 from pywren_azure.runtime import DEFAULT_TIME_LIMIT
-from pywren_azure.session import AzureSession, default_credential
+from pywren_azure.session import RUNTIMES_PREFIX, AzureSession, default_credential
 from pywren_core.errors import ConfigError, InvokeError
 from pywren_core.protocol import PAYLOAD_KEY_ENV
 
 #: Packages the function needs beyond the requirements of pywren-core and pywren-azure.
 EXTRA_REQUIREMENTS = ("azure-functions", "azure-identity")
 VENDORED = ("pywren-core", "pywren-azure")
+#: The client's own code in every package: distribution -> import package.
+PACKAGES = {"pywren-core": "pywren_core", "pywren-azure": "pywren_azure"}
+#: Where an Azure Functions Python app's dependencies live in its package (on the worker's sys.path).
+SITE_PACKAGES = ".python_packages/lib/site-packages"
+#: What a runtime's worker needs besides pywren-core: pywren-azure's dependencies (pinned by the core
+#: to the client's versions) and azure-identity, for a worker that signs in with its managed identity.
+WORKER_REQUIREMENTS = ("azure-storage-blob", "azure-storage-queue", "requests", "urllib3", "azure-identity")
+#: What the Functions Python worker itself provides: never installed into a runtime.
+PROVIDED = ("azure-functions",)
+#: App settings of a runtime's app: its package carries its packages, so no remote build.
+RUNTIME_APP_SETTINGS = {"SCM_DO_BUILD_DURING_DEPLOYMENT": "false"}
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the same inputs make the same zip, byte for byte
 DEPLOY_WAIT = 600.0
 MANAGEMENT_URL = "https://management.azure.com"
@@ -66,17 +87,26 @@ def host_json(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def function_app_py(config: Mapping[str, Any]) -> str:
+def function_app_py(config: Mapping[str, Any], runtime: Any = None) -> str:
+    """The app's entry module. App settings of the same names win, except for a runtime's queue and
+    route, which must be the runtime's own (its clients send there, and nowhere else)."""
     settings = {
         "PYWREN_AZURE_QUEUE": config["queue"],
         "PYWREN_AZURE_MAX_CONCURRENCY": str(config["max_concurrency"]),
         "PYWREN_AZURE_TIME_LIMIT": str(int(DEFAULT_TIME_LIMIT)),
     }
+    fixed = {}
+    if runtime is not None:
+        del settings["PYWREN_AZURE_QUEUE"]
+        fixed = {"PYWREN_AZURE_QUEUE": queue_name(config, runtime), "PYWREN_AZURE_ROUTE": http_route(runtime),
+                 "PYWREN_AZURE_RUNTIME": runtime.name}
     lines = [
-        f'"""Generated by pywren-azure {pywren_azure.__version__}. App settings of the same names win."""',
+        f'"""Generated by pywren-azure {pywren_azure.__version__}. App settings of the same names win'
+        + (f' (but for runtime {runtime.name}\'s queue and route)."""' if runtime is not None else '."""'),
         "",
         "import os",
         "",
+        *(f"os.environ[{name!r}] = {value!r}" for name, value in fixed.items()),
         *(f"os.environ.setdefault({name!r}, {value!r})" for name, value in settings.items()),
         "",
         "from pywren_azure.function_app import app  # noqa: E402,F401",
@@ -105,42 +135,36 @@ def requirements() -> list[str]:
     return pinned
 
 
-def _package_files(module: Any) -> Iterator[tuple[str, Path]]:
-    root = Path(module.__file__).parent
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed"):
-            yield f"{root.name}/{path.relative_to(root).as_posix()}", path
+def package_files(config: Mapping[str, Any], runtime: Any = None) -> dict[str, Path | bytes]:
+    """Every file of the function app's package, by its path in the zip."""
+    from pywren_core import runtime as core_runtime  # only to deploy: a worker never needs it
 
-
-def _dist_info(dist_name: str) -> dict[str, str]:
-    """A minimal .dist-info, enough for importlib.metadata to find the version and entry points."""
-    dist = metadata.distribution(dist_name)
-    folder = f"{dist_name.replace('-', '_')}-{dist.version}.dist-info"
-    files = {f"{folder}/METADATA": f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {dist.version}\n"}
-    entry_points = dist.read_text("entry_points.txt")
-    if entry_points:
-        files[f"{folder}/entry_points.txt"] = entry_points
+    files: dict[str, Path | bytes] = {
+        "host.json": json.dumps(host_json(config), indent=2).encode(),
+        "function_app.py": function_app_py(config, runtime).encode(),
+    }
+    if runtime is None:
+        files["requirements.txt"] = ("\n".join(requirements()) + "\n").encode()
+        files.update(core_runtime.artifact_files(None, PACKAGES))
+    else:
+        for name, content in core_runtime.artifact_files(runtime, PACKAGES).items():
+            files[f"{SITE_PACKAGES}/{name}"] = content
     return files
 
 
-def build_package(config: Mapping[str, Any], directory: str | os.PathLike[str]) -> Path:
+def build_package(config: Mapping[str, Any], directory: str | os.PathLike[str], runtime: Any = None) -> Path:
     """Write the function app's zip package into ``directory`` and return its path."""
-    path = Path(directory) / f"pywren-azure-{pywren_azure.__version__}.zip"
-    entries: dict[str, bytes] = {
-        "host.json": json.dumps(host_json(config), indent=2).encode(),
-        "function_app.py": function_app_py(config).encode(),
-        "requirements.txt": ("\n".join(requirements()) + "\n").encode(),
-    }
-    for module in (pywren_core, pywren_azure):
-        for name, source in _package_files(module):
-            entries[name] = source.read_bytes()
-    for dist_name in VENDORED:
-        entries.update({name: text.encode() for name, text in _dist_info(dist_name).items()})
+    suffix = f"-{runtime.name}" if runtime is not None else ""
+    path = Path(directory) / f"pywren-azure-{pywren_azure.__version__}{suffix}.zip"
+    files = package_files(config, runtime)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in sorted(entries):
+        for name in sorted(files):
+            content = files[name]
             info = zipfile.ZipInfo(name, _FIXED_TIME)
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, entries[name], zipfile.ZIP_DEFLATED)
+            executable = isinstance(content, Path) and content.stat().st_mode & 0o111
+            info.external_attr = (0o755 if executable else 0o644) << 16
+            data = content if isinstance(content, bytes) else content.read_bytes()
+            archive.writestr(info, data, zipfile.ZIP_DEFLATED)
     return path
 
 
@@ -151,10 +175,20 @@ def _management_token() -> str:
 
 
 def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
-    """Set the app's payload key, then upload the package with Kudu zip deploy and wait for it."""
-    app = config.get("function_app")
+    """Set the app's payload key, then upload the package with Kudu zip deploy and wait for it; with
+    a runtime, to the runtime's app, then record in the job container which runtime it carries."""
+    runtime = session.runtime
+    if runtime is not None and runtime.image:
+        raise ConfigError(
+            f"pywren deploy for azure does not deploy container images (runtime {runtime.name}: {runtime.image}): "
+            "create the function app from the image yourself (az functionapp create --image ...), with "
+            "function_app.py and host.json from a package runtime's deploy in /home/site/wwwroot"
+        )
+    app = app_name(config, runtime)
     if not app:
-        raise ConfigError("pywren deploy for azure needs azure.function_app (create it with az functionapp create)")
+        raise ConfigError("pywren deploy for azure needs azure.function_app (create it with az functionapp create"
+                          + (f"; runtime {runtime_label(runtime)!r} goes to <function_app>-{runtime_label(runtime)})"
+                             if runtime is not None else ")"))
     if not config.get("payload_key"):
         # The app's queue trigger would run whatever anyone who can write to the queue sends it.
         raise ConfigError(
@@ -164,9 +198,10 @@ def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
             "then run pywren deploy again"
         )
     headers = {"Authorization": f"Bearer {_management_token()}"}
-    _set_app_setting(session, headers, _site_id(session, headers, app), PAYLOAD_KEY_ENV, config["payload_key"].strip())
+    settings = {PAYLOAD_KEY_ENV: config["payload_key"].strip(), **(RUNTIME_APP_SETTINGS if runtime is not None else {})}
+    _set_app_settings(session, headers, _site_id(session, headers, app), settings)
     with tempfile.TemporaryDirectory() as scratch:
-        package = build_package(config, scratch)
+        package = build_package(config, scratch, runtime)
         with open(package, "rb") as body:
             response = session.http.post(f"{SCM_URL.format(app=app)}/api/zipdeploy?isAsync=true",
                                          data=body, headers=headers, timeout=(20, 600))
@@ -181,8 +216,38 @@ def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
                 raise InvokeError(f"deployment to {app} failed: {state.get('status_text') or state.get('log_url')}")
             break
         time.sleep(3)
-    return (f"deployed pywren-azure {pywren_azure.__version__} to function app {app} (queue {config['queue']!r}, "
-            f"payload key set as app setting {PAYLOAD_KEY_ENV})")
+    record_runtime(session, config, runtime, app)
+    carries = f"runtime {runtime.name} ({runtime_label(runtime)!r}), " if runtime is not None else ""
+    return (f"deployed pywren-azure {pywren_azure.__version__} to function app {app} ({carries}"
+            f"queue {queue_name(config, runtime)!r}, payload key set as app setting {PAYLOAD_KEY_ENV})")
+
+
+def record_runtime(session: AzureSession, config: Mapping[str, Any], runtime: Any, app: str) -> None:
+    """Record in the job container that ``app`` now carries ``runtime`` (None: no runtime), and
+    forget the runtime it carried before, whose clients must now be told to deploy again."""
+    with mapped(f"list {RUNTIMES_PREFIX!r}", session.secrets):
+        for key in session.container.list_blob_names(name_starts_with=RUNTIMES_PREFIX):
+            if runtime is not None and key == f"{RUNTIMES_PREFIX}{runtime.name}.json":
+                continue
+            try:
+                record = json.loads(session.container.download_blob(key).readall())
+            except (ResourceNotFoundError, ValueError):
+                continue
+            if record.get("app") == app:
+                try:
+                    session.container.delete_blob(key)
+                except ResourceNotFoundError:
+                    pass
+    if runtime is None:
+        return
+    record = {
+        "runtime": runtime.name, "label": runtime_label(runtime), "app": app, "queue": queue_name(config, runtime),
+        "route": http_route(runtime), "python": runtime.manifest.get("python"),
+        "distributions": runtime.distributions, "pywren_azure": pywren_azure.__version__, "deployed_at": time.time(),
+    }
+    key = f"{RUNTIMES_PREFIX}{runtime.name}.json"
+    with mapped(f"put {key!r}", session.secrets):
+        session.container.upload_blob(key, json.dumps(record, indent=1, sort_keys=True).encode(), overwrite=True)
 
 
 def _arm(session: AzureSession, headers: dict[str, str], method: str, path: str, **kwargs: Any) -> Any:
@@ -213,17 +278,25 @@ def _site_id(session: AzureSession, headers: dict[str, str], app: str) -> str:
                       "with az functionapp create, or sign in as someone who can manage it")
 
 
-def _set_app_setting(session: AzureSession, headers: dict[str, str], site: str, name: str, value: str) -> None:
-    """Set one app setting and keep the others (the API replaces them all at once)."""
+def _set_app_settings(session: AzureSession, headers: dict[str, str], site: str, wanted: Mapping[str, str]) -> None:
+    """Set these app settings and keep the others (the API replaces them all at once)."""
     settings = _arm(session, headers, "POST", f"{site}/config/appsettings/list?api-version=2022-03-01")
     properties = settings.get("properties") or {}
-    if properties.get(name) != value:
+    if any(properties.get(name) != value for name, value in wanted.items()):
         _arm(session, headers, "PUT", f"{site}/config/appsettings?api-version=2022-03-01",
-             json={"properties": {**properties, name: value}})
+             json={"properties": {**properties, **wanted}})
 
 
 def remove(session: AzureSession, config: Mapping[str, Any]) -> str:
-    """Delete the call queue and its poison queue; the function app and the container are left."""
+    """Delete the call queue and its poison queue (the session's runtime's, when it has one); the
+    function app and the container are left."""
+    if session.runtime is not None:
+        key = f"{RUNTIMES_PREFIX}{session.runtime.name}.json"
+        with mapped(f"delete {key!r}", session.secrets):
+            try:
+                session.container.delete_blob(key)
+            except ResourceNotFoundError:
+                pass
     if not isinstance(session.invoker, QueueInvoker):
         return (f"nothing to remove for trigger {config['trigger']!r}; "
                 "delete the function app with az functionapp delete")

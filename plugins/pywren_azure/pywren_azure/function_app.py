@@ -9,6 +9,9 @@ Written with the azure-functions v2 programming model. Two functions, thin aroun
 - ``pywren_http``, an HTTP trigger at ``/api/pywren`` (function key required): it answers 202 as
   soon as the calls started, or 429 when this instance has no free slot.
 
+A runtime's app (see ``pywren_azure.deploy``) reads its own queue, ``<queue>-<runtime name>``, and
+serves ``/api/pywren/<runtime name>`` (``PYWREN_AZURE_ROUTE``), both set by its ``function_app.py``.
+
 Both are ``async`` so that waiting never holds one of the Python worker's few threads; the calls
 themselves run in the harness's worker processes, a bounded number at once.
 """
@@ -46,7 +49,7 @@ async def pywren_queue(msg: func.QueueMessage) -> None:
 
 
 @app.function_name("pywren_http")
-@app.route(route=HTTP_ROUTE, methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route=os.environ.get("PYWREN_AZURE_ROUTE", HTTP_ROUTE), methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def pywren_http(req: func.HttpRequest) -> func.HttpResponse:
     try:
         payload = req.get_json()

@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -64,11 +65,53 @@ def pacer(config: Mapping[str, Any]) -> Pacer:
     return Pacer(float(rate))
 
 
-def function_url(config: Mapping[str, Any]) -> str:
+# --- where a runtime's calls go -------------------------------------------------------------
+#
+# Each runtime has a function app of its own (a Python app carries one set of packages, replaced
+# whole by a zip deploy), named after the runtime's label, and a queue and an HTTP route named
+# after the runtime's *name* (a hash of its packages): a call can only ever reach an app that
+# carries exactly the packages it was checked against. Without a runtime, today's names apply.
+
+
+def runtime_label(runtime: Any) -> str:
+    return str(runtime.manifest.get("label") or "default") if runtime is not None else "default"
+
+
+def app_name(config: Mapping[str, Any], runtime: Any) -> str | None:
+    """The function app that carries ``runtime``: ``function_app`` for no runtime or the default
+    one, ``<function_app>-<label>`` for a named one (``runtimes: {ml: ...}`` -> ``my-app-ml``)."""
+    app = config.get("function_app")
+    label = runtime_label(runtime)
+    if not app or label == "default":
+        return app
+    return f"{app}-{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}"
+
+
+def queue_name(config: Mapping[str, Any], runtime: Any) -> str:
+    """The call queue of ``runtime``'s app: ``<queue>-<runtime name>`` (``pywren-calls-rt-1a2b...``)."""
+    if runtime is None:
+        return config["queue"]
+    name = f"{config['queue']}-{runtime.name}"
+    if len(name) > 63 - len("-poison"):
+        raise ConfigError(f"azure.queue {config['queue']!r} is too long to name runtime {runtime.name}'s queue "
+                          f"({name!r}, with its -poison queue, must fit in 63 characters): shorten it")
+    return name
+
+
+def http_route(runtime: Any) -> str:
+    """The HTTP trigger's route: ``pywren``, or ``pywren/<runtime name>`` for a runtime's app."""
+    return HTTP_ROUTE if runtime is None else f"{HTTP_ROUTE}/{runtime.name}"
+
+
+def function_url(config: Mapping[str, Any], runtime: Any = None) -> str:
+    """The HTTP trigger's URL; an explicit ``function_url`` is the default app's, and a runtime's
+    route is appended to it (``.../api/pywren/rt-1a2b...``)."""
     if config.get("function_url"):
-        return config["function_url"]
-    if config.get("function_app"):
-        return f"https://{config['function_app']}.azurewebsites.net/api/{HTTP_ROUTE}"
+        url = config["function_url"]
+        return url if runtime is None else f"{url.rstrip('/')}/{runtime.name}"
+    app = app_name(config, runtime)
+    if app:
+        return f"https://{app}.azurewebsites.net/api/{http_route(runtime)}"
     raise ConfigError("azure: trigger 'http' needs azure.function_app or azure.function_url")
 
 

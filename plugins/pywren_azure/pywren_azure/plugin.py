@@ -9,6 +9,7 @@ arguments. Every SDK error leaves here as a :mod:`pywren_core.errors` type.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from pywren_azure import session as session_module
 from pywren_azure.errors import mapped
 from pywren_azure.invoke import MAX_PAYLOAD_BYTES
 from pywren_azure.session import TRANSFER_CONCURRENCY, AzureSession
-from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits
+from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits, Platform
 from pywren_core.errors import InvokeError, StorageError, URLError
 from pywren_core.hookspecs import hookimpl
 
@@ -33,6 +34,22 @@ BATCH_SIZE = 256
 EXIT_DELETE_THREADS = 8
 #: Consumption plan's longest function run (10 min); the function reports a call as timed out first.
 MAX_RUNTIME = 600.0
+
+#: Where the function app's calls run, for the runtimes the core builds: Azure Functions' Linux
+#: Python workers (x86-64; the app is created for the client's Python, which the worker checks),
+#: which provide the azure-functions library. Azure documents no unpacked size limit for a zip
+#: package (DESIGN.md section 5: "zip or image"). Container images start from Microsoft's
+#: Functions base image, with the app's code in /home/site/wwwroot.
+PLATFORM = Platform(
+    python=None,
+    os="linux",
+    arch="x86_64",
+    max_unzipped_bytes=None,
+    provided=deploy.PROVIDED,
+    requirements=deploy.WORKER_REQUIREMENTS,
+    image_base=f"mcr.microsoft.com/azure-functions/python:4-python{sys.version_info.major}.{sys.version_info.minor}",
+    image_code_dir="/home/site/wwwroot",
+)
 
 CONFIG = (
     ConfigField("storage_account", str, None, help="storage account name (or give connection_string)"),
@@ -66,18 +83,20 @@ def pywren_backend_info() -> BackendInfo:
         poll_interval=(0.1, 2.0),
         storage_concurrency=32,
         data_schemes=("az", "abfs"),
+        platform=PLATFORM,
         features={
             "data": "az://CONTAINER/BLOB and abfs://CONTAINER/BLOB, in the configured storage account",
             "triggers": "queue (default), http",
             "isolation": "calls run as threads in one process per instance, each in its own working directory",
             "per-instance concurrency": "azure.max_concurrency",
+            "runtimes": "a function app per runtime label (<function_app>-<label>), a queue and route per runtime",
         },
     )
 
 
 @hookimpl
-def pywren_connect(config: Mapping[str, Any], role: str) -> AzureSession:
-    return session_module.connect(config, role)
+def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> AzureSession:
+    return session_module.connect(config, role, runtime)
 
 
 # Blob operations on one container, for the job container (keys shown quoted) and for data
@@ -241,6 +260,14 @@ def pywren_invoke(session: AzureSession, payload: Mapping[str, Any]) -> None:
     if session.invoker is None:
         raise InvokeError("this session was opened as a worker; workers do not invoke")
     session.invoker.send(payload)
+
+
+@hookimpl
+def pywren_prepare(session: AzureSession) -> None:
+    """An executor's session with a runtime: refuse it now when no function app carries the runtime
+    (its calls would wait in a queue nobody reads), naming ``pywren deploy``."""
+    if session.runtime is not None and session.role == "client":
+        session_module.check_deployed(session, session.runtime)
 
 
 @hookimpl

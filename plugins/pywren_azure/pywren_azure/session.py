@@ -10,6 +10,7 @@ its managed identity.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -19,14 +20,23 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 import requests
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue import LinearRetry as QueueLinearRetry
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 from pywren_azure.errors import CREDENTIALS_HINT, mapped
-from pywren_azure.invoke import PAYLOAD_KEY_COMMAND, HttpInvoker, QueueInvoker, function_url, pacer
+from pywren_azure.invoke import (
+    PAYLOAD_KEY_COMMAND,
+    HttpInvoker,
+    QueueInvoker,
+    app_name,
+    function_url,
+    pacer,
+    queue_name,
+    runtime_label,
+)
 from pywren_core.errors import ConfigError
 
 #: The worker's own connection-string settings, in the order they are tried.
@@ -43,6 +53,9 @@ TRANSFER_CONCURRENCY = 4
 READ_BLOCK_BYTES = 4 * 2**20
 #: Times the SDK sends a request again after a transport error (connection refused or reset, timeout).
 SDK_RETRIES = 2
+#: Where ``pywren deploy`` records, in the job container, which runtime each function app carries:
+#: one blob per deployed runtime, ``pywren.runtimes/<runtime name>.json``.
+RUNTIMES_PREFIX = "pywren.runtimes/"
 
 
 @attrs.define(eq=False)
@@ -57,6 +70,8 @@ class AzureSession:
     secrets: tuple[str, ...]
     #: How invocations reach the function app; clients only.
     invoker: QueueInvoker | HttpInvoker | None = None
+    #: The built runtime (``pywren_core.runtime.Runtime``) whose function app runs the calls, or None.
+    runtime: Any = None
     container: ContainerClient = attrs.field(init=False)
     _containers: dict[str, ContainerClient] = attrs.field(init=False, factory=dict)
 
@@ -161,9 +176,11 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("azure.function_url must not carry the function key (?code=...): set azure.function_key")
 
 
-def connect(config: Mapping[str, Any], role: str) -> AzureSession:
+def connect(config: Mapping[str, Any], role: str, runtime: Any = None) -> AzureSession:
     """Open the storage account (and, on a client, the invoke channel) for ``config``; a client
-    creates the job container when it is missing."""
+    creates the job container when it is missing. With a ``runtime``, a client invokes that
+    runtime's function app (whether it is deployed is checked by :func:`check_deployed`, when an
+    executor prepares: ``pywren deploy`` opens a session with the runtime to deploy it)."""
     _check_config(config)
     connection_string, credential = _credentials(config, role)
     secrets = tuple(
@@ -181,7 +198,7 @@ def connect(config: Mapping[str, Any], role: str) -> AzureSession:
             f"the function app's storage settings reach account {blob_service.account_name!r}, but the client "
             f"uses {config['storage_account']!r}: set PYWREN_AZURE_CONNECTION_STRING in the app's settings"
         )
-    session = AzureSession(dict(config), role, http, blob_service, secrets)
+    session = AzureSession(dict(config), role, http, blob_service, secrets, runtime=runtime)
     if role == "client":
         with mapped(f"create container {config['container']!r}", secrets):
             try:
@@ -189,16 +206,43 @@ def connect(config: Mapping[str, Any], role: str) -> AzureSession:
             except ResourceExistsError:
                 pass
         if config["trigger"] == "queue":
-            queue, poison = open_queues(config, connection_string, credential, http)
-            with mapped(f"create queue {config['queue']!r}", secrets):
+            queue, poison = open_queues({**config, "queue": queue_name(config, runtime)}, connection_string,
+                                        credential, http)
+            with mapped(f"create queue {queue.queue_name!r}", secrets):
                 try:
                     queue.create_queue()
                 except ResourceExistsError:
                     pass
             session.invoker = QueueInvoker(queue, poison, pacer(config), secrets)
         else:
-            session.invoker = HttpInvoker(function_url(config), config["function_key"], pacer(config), secrets)
+            session.invoker = HttpInvoker(function_url(config, runtime), config["function_key"], pacer(config),
+                                          secrets)
     return session
+
+
+def deployed_record(session: AzureSession, runtime: Any) -> dict[str, Any] | None:
+    """What ``pywren deploy`` recorded of ``runtime`` in the job container, or None: not deployed."""
+    key = f"{RUNTIMES_PREFIX}{runtime.name}.json"
+    with mapped(f"get {key!r}", session.secrets):
+        try:
+            return json.loads(session.container.download_blob(key).readall())
+        except ResourceNotFoundError:
+            return None
+
+
+def check_deployed(session: AzureSession, runtime: Any) -> None:
+    """Refuse, before any call is sent, a runtime no function app carries: its queue would never be
+    read (and its HTTP route answer 404)."""
+    if deployed_record(session, runtime) is not None:
+        return
+    label = runtime_label(runtime)
+    app = app_name(session.config, runtime) or "the function app"
+    again = "pywren deploy" if label == "default" else f"pywren deploy --runtime {label}"
+    raise ConfigError(
+        f"azure: runtime {runtime.name} ({label!r}) is not deployed: no function app carries it (nothing under "
+        f"{RUNTIMES_PREFIX!r} in container {session.config['container']!r} says so). Run `{again}` to deploy it "
+        f"to {app}, then run this again"
+    )
 
 
 def open_queues(config: Mapping[str, Any], connection_string: str | None, credential: Any,

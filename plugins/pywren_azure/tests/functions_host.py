@@ -20,8 +20,16 @@ every message and request body received is appended to FILE, so tests can inspec
 the client sent.
 
 Usage: ``python functions_host.py --port P --concurrency 8 [--host-json FILE] [--trace FILE]
-[--app module:attr]``, function key in the environment variable ``FUNCTIONS_TEST_KEY``; app
-settings (``AzureWebJobsStorage``, ``PYWREN_PAYLOAD_KEY``...) in the environment, as on Azure.
+[--app module:attr] [--app-dir DIR]``, function key in the environment variable
+``FUNCTIONS_TEST_KEY``; app settings (``AzureWebJobsStorage``, ``PYWREN_PAYLOAD_KEY``...) in the
+environment, as on Azure.
+
+``--app-dir DIR`` runs a deployed package as the Python worker does: DIR (the unpacked zip) and
+its ``.python_packages/lib/site-packages`` go first on ``sys.path``, before anything this host
+imports, this script's own folder (the tests') comes off it, and the app is ``function_app:app``
+from DIR. Started with a bare virtual environment's interpreter, the app then sees the package and
+what that environment holds (the platform's azure-functions) and nothing else. The host's own
+queue polling then uses the package's azure-storage-queue (the real host is .NET and needs none).
 """
 
 from __future__ import annotations
@@ -44,10 +52,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import azure.functions as func
-from azure.core.exceptions import ResourceExistsError
-from azure.functions.queue import QueueMessage as DeliveredMessage  # what the Python worker hands a trigger
-from azure.storage.queue import QueueClient
+
+def _use_app_dir() -> None:
+    """With ``--app-dir DIR``: the deployed package first on sys.path, the tests' folder off it."""
+    if "--app-dir" not in sys.argv:
+        return
+    root = os.path.abspath(sys.argv[sys.argv.index("--app-dir") + 1])
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    sys.path[:0] = [root, os.path.join(root, ".python_packages", "lib", "site-packages")]
+    os.chdir(root)
+
+
+_use_app_dir()
+
+import azure.functions as func  # noqa: E402
+from azure.core.exceptions import ResourceExistsError  # noqa: E402
+from azure.functions.queue import QueueMessage as DeliveredMessage  # noqa: E402  (what the Python worker hands a trigger)
+from azure.storage.queue import QueueClient  # noqa: E402
 
 #: How long a received message stays invisible while its function runs.
 VISIBILITY_TIMEOUT = 300
@@ -292,8 +314,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--trace")
     parser.add_argument("--host-json", help="the app's host.json (queue retry and polling settings)")
-    parser.add_argument("--app", default="pywren_azure.function_app:app")
+    parser.add_argument("--app", default=None, help="module:attr (default: pywren_azure.function_app:app, or with "
+                        "--app-dir the package's function_app:app)")
+    parser.add_argument("--app-dir", help="an unpacked deployed package, run as the Python worker runs it")
     args = parser.parse_args()
+    args.app = args.app or ("function_app:app" if args.app_dir else "pywren_azure.function_app:app")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     module_name, _, attr = args.app.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
