@@ -9,6 +9,7 @@ import sys
 import sysconfig
 import textwrap
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,17 @@ def test_remove_deletes_the_queue_and_its_poison_queue(storage_section: dict[str
         with pytest.raises(ResourceNotFoundError):
             QueueClient.from_connection_string(azurite.connection_string, queue_name).get_queue_properties()
     session.close()
+
+
+def test_the_platform_runtimes_are_built_for() -> None:
+    """Linux x86-64 Python workers that provide azure-functions; a runtime's worker gets every
+    dependency pywren-azure declares (bare names: the core pins them to the client's versions)."""
+    platform = plugin.pywren_backend_info().platform
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert (platform.os, platform.arch, platform.python_version) == ("linux", "x86_64", python)
+    assert platform.provided == {"azure-functions"} and platform.max_unzipped_bytes is None
+    declared = {r.split(">")[0].split("=")[0].split("~")[0].strip()
+                for r in metadata.requires("pywren-azure") or () if ";" not in r}
+    assert declared - {"pywren-core"} <= set(platform.requirements)
+    assert platform.image_base.startswith("mcr.microsoft.com/azure-functions/python:4-python")
+    assert platform.image_code_dir == "/home/site/wwwroot"
