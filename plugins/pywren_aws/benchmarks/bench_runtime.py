@@ -36,6 +36,8 @@ import aws_services  # noqa: E402
 
 BASE, BUCKET, REGION = "pywren-bench-rt", "pywren-bench-rt", "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+#: numpy 2.3 and later need glibc 2.28, which Lambda's python3.11 and older (Amazon Linux 2) lack.
+REQUIREMENTS = ["numpy<2.3"] if sys.version_info < (3, 12) else ["numpy"]
 
 
 def cold_imports(python: Path, code_dir: str) -> dict[str, float]:
@@ -80,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pywren-bench-rt-") as scratch_dir:
         scratch = Path(scratch_dir)
         os.environ[runtimes.DIR_ENV] = str(scratch / "runtimes")
-        spec = runtimes.RuntimeSpec(requirements=("numpy",))
+        spec = runtimes.RuntimeSpec(requirements=REQUIREMENTS)
         started = time.monotonic()
         built = runtimes.build(spec, PLATFORM)
         figures["build cold s"] = time.monotonic() - started
@@ -97,7 +99,7 @@ def main() -> None:
             boto3.client("s3", endpoint_url=moto.url, region_name=REGION).create_bucket(Bucket=BUCKET)
             iam = boto3.client("iam", endpoint_url=moto.url, region_name=REGION)
             role = iam.create_role(RoleName="bench", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-            config = {"backend": "aws", "progress": False, "runtime": {"requirements": ["numpy"]},
+            config = {"backend": "aws", "progress": False, "runtime": {"requirements": REQUIREMENTS},
                       "aws": {"bucket": BUCKET, "region": REGION, "function_name": BASE, "endpoint_url": moto.url,
                               "role_arn": role}}
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = moto.url

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pywren_core import runtime as runtimes
-from pywren_core.errors import ConfigError, NotFoundError, PywrenError, StorageError
+from pywren_core.errors import ConfigError, NotFoundError, PywrenError, RuntimeBuildError, StorageError
 
 from pywren_aws import storage
 from pywren_aws.errors import mapped
@@ -118,6 +118,50 @@ def _files(dist: metadata.Distribution) -> Iterator[tuple[str, Path]]:
             path = Path(str(dist.locate_file(file)))
             if path.is_file():
                 yield file.as_posix(), path
+
+
+#: glibc of the OS under Lambda's Python runtimes: python3.8 to python3.11 run on Amazon Linux 2,
+#: python3.12 on and later on Amazon Linux 2023.
+AMAZON_LINUX_2_GLIBC, AMAZON_LINUX_2023_GLIBC = (2, 26), (2, 34)
+#: The glibc an old-style manylinux tag stands for.
+_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+
+
+def lambda_glibc(python: str) -> tuple[int, int]:
+    """The glibc of Lambda's runtime for Python ``python`` (``"3.11"``)."""
+    major, minor = (int(part) for part in python.split(".")[:2])
+    return AMAZON_LINUX_2_GLIBC if (major, minor) <= (3, 11) else AMAZON_LINUX_2023_GLIBC
+
+
+def _glibc_needed(platform_tag: str) -> tuple[int, int] | None:
+    """The glibc a wheel's platform tag needs; None when it needs none (``any``) or says nothing."""
+    match = re.match(r"manylinux_(\d+)_(\d+)_", platform_tag)
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    return _LEGACY_MANYLINUX.get(platform_tag.split("_")[0])
+
+
+def check_glibc(runtime: Any, python: str) -> None:
+    """Refuse a runtime holding a wheel built for a newer glibc than Lambda's OS for ``python`` has:
+    its compiled modules would not load there (``GLIBC_2.27 not found``) on any call. The core
+    resolves for manylinux up to 2.28, which Amazon Linux 2 (python3.11 and older) does not reach."""
+    have = lambda_glibc(python)
+    problems = []
+    for wheel in sorted(runtime.site.glob("*.dist-info/WHEEL")):
+        tags = [line.split(":", 1)[1].strip() for line in wheel.read_text().splitlines() if line.startswith("Tag:")]
+        needs = [_glibc_needed(p) for tag in tags for p in tag.split("-")[-1].split(".")]
+        if not tags or None in needs or min(needs) <= have:  # type: ignore[type-var]
+            continue
+        name, _, version = wheel.parent.name.removesuffix(".dist-info").partition("-")
+        least = min(needs)  # type: ignore[type-var]
+        problems.append(f"{name} {version} needs glibc {least[0]}.{least[1]} (its wheel: {', '.join(tags)})")
+    if problems:
+        os_name = "Amazon Linux 2" if have == AMAZON_LINUX_2_GLIBC else "Amazon Linux 2023"
+        raise RuntimeBuildError(
+            f"runtime {runtime.name} cannot run on Lambda's python{python}, which runs on {os_name} (glibc "
+            f"{have[0]}.{have[1]}): " + "; ".join(problems) + ". Pin releases that publish manylinux2014 wheels "
+            "in the runtime's requirements (numpy<2.3, for one), or run the client on Python 3.12 or later"
+        )
 
 
 def package_files(runtime: Any = None) -> dict[str, Path | bytes]:
@@ -214,6 +258,8 @@ def deploy(session: AwsSession, config: Mapping[str, Any]) -> str:
         create = {"PackageType": "Image", "Code": code, "ImageConfig": {"Command": [HANDLER]}}
         package = f"image {rt.image}"
     else:
+        if rt is not None:
+            check_glibc(rt, rt.manifest.get("python") or runtime().removeprefix("python"))
         zipped = build_zip(rt)
         code = {"ZipFile": zipped} if len(zipped) <= MAX_ZIP_BYTES else _stage(session, name, zipped)
         settings.update(Handler=HANDLER, Runtime=runtime())

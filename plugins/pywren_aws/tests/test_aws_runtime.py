@@ -27,7 +27,7 @@ import pywren_core as pw
 import yaml
 from pywren_core import cli, doctor
 from pywren_core import runtime as runtimes
-from pywren_core.errors import ConfigError, RuntimeMismatchError
+from pywren_core.errors import ConfigError, RuntimeBuildError, RuntimeMismatchError
 from pywren_core.plugins import load_backend
 from pywren_core.testing import LocalServer
 
@@ -285,6 +285,29 @@ def test_remove_deletes_every_runtime_function(moto: LocalServer, bucket: str, r
     assert session.remove() == f"removed Lambda functions pywren-gone, pywren-gone-{numpy_runtime.name}"
     assert session.remove() == "no Lambda function pywren-gone to remove"
     session.close()
+
+
+def _fake_runtime(folder: Path, wheels: dict[str, list[str]]) -> runtimes.Runtime:
+    for name, tags in wheels.items():
+        (folder / "site" / f"{name}.dist-info").mkdir(parents=True)
+        (folder / "site" / f"{name}.dist-info" / "WHEEL").write_text("".join(f"Tag: {t}\n" for t in tags))
+    return runtimes.Runtime("rt-fake", folder, {"python": "3.11"})
+
+
+def test_a_wheel_for_a_newer_glibc_than_lambdas_is_refused(tmp_path: Path) -> None:
+    """Lambda's python3.11 runs on Amazon Linux 2 (glibc 2.26): numpy 2.3+ wheels (manylinux_2_28) cannot load."""
+    fine = _fake_runtime(tmp_path / "fine", {
+        "attrs-26.1.0": ["py3-none-any"],
+        "numpy-2.2.6": ["cp311-cp311-manylinux_2_17_x86_64", "cp311-cp311-manylinux2014_x86_64"],
+        "pyyaml-6.0.4": ["cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64", "cp311-cp311-manylinux_2_28_x86_64"],
+    })
+    deploy.check_glibc(fine, "3.11")
+    new = _fake_runtime(tmp_path / "new", {"numpy-2.4.6": ["cp311-cp311-manylinux_2_27_x86_64",
+                                                           "cp311-cp311-manylinux_2_28_x86_64"]})
+    with pytest.raises(RuntimeBuildError, match=r"python3.11, which runs on Amazon Linux 2 \(glibc 2.26\): "
+                                                         r"numpy 2.4.6 needs glibc 2.27"):
+        deploy.check_glibc(new, "3.11")
+    deploy.check_glibc(new, "3.12")  # Amazon Linux 2023: glibc 2.34
 
 
 def test_report_timings() -> None:
