@@ -144,10 +144,12 @@ class BackendInfo:
 class CallEvent:
     """Something the platform told a plugin about one call attempt, for ``pywren_poll_events``.
 
-    ``kind`` is ``"running"`` (the platform started it), or ``"died"`` / ``"error"`` (the invocation
-    failed without the worker reporting: a broken held-open request, a message moved to a poison
-    queue, an error line from the handler). A failure fails or retries the call at once instead of
-    after the lost-call timer; ``message`` says what happened and reaches the user.
+    ``kind`` is ``"running"`` (the platform started it), ``"done"`` (the platform says the worker
+    finished and wrote its status: the client reads that status at once instead of waiting for its
+    next listing), or ``"died"`` / ``"error"`` (the invocation failed without the worker reporting:
+    a broken held-open request, a message moved to a poison queue, an error line from the handler).
+    A failure fails or retries the call at once instead of after the lost-call timer; ``message``
+    says what happened and reaches the user.
     """
 
     executor_id: str
@@ -221,8 +223,12 @@ class Session:
         self.config = dict(config)
         #: The built runtime (``pywren_core.runtime.Runtime``) the client's calls run in, or None.
         self.runtime = runtime
+        #: What a plugin's ``notify`` calls: the client's monitor sets it to read events at once.
+        self.on_events: Callable[[], None] = lambda: None
         self._hook = hook
-        self.handle = hook.pywren_connect(backend=name, config=self.config, role=role, runtime=runtime)
+        self.handle = hook.pywren_connect(
+            backend=name, config=self.config, role=role, runtime=runtime, notify=lambda: self.on_events()
+        )
 
     def _call(self, hook: str, **kwargs: Any) -> Any:
         """Call one hook for this session: every hook also gets the backend's name, for wrappers."""

@@ -687,6 +687,8 @@ class _Monitor:
         self.config = engine.config
         self.min_interval, self.max_interval = engine.info.poll_interval
         self._wakeup = threading.Event()
+        #: Set by :meth:`wake` (a new job, a stop): list statuses this round, whatever the interval.
+        self._list_now = False
         self._halt = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -696,6 +698,7 @@ class _Monitor:
         #: Per job: consecutive failed listing rounds, and when the streak began (monotonic).
         self._listing_failures: dict[int, tuple[int, float]] = {}
         self._warned: set[str] = set()
+        self.session.on_events = self._wakeup.set  # a plugin's notify: read its events, list as planned
 
     def start(self, idle_ok: bool = False) -> bool:
         """Start the thread if needed; False (and nothing started) when ``idle_ok`` and none runs."""
@@ -709,6 +712,7 @@ class _Monitor:
         return True
 
     def wake(self) -> None:
+        self._list_now = True
         self._wakeup.set()
 
     @property
@@ -724,7 +728,7 @@ class _Monitor:
 
     def _run(self) -> None:
         interval = self.min_interval
-        last_check = time.monotonic()
+        last_check = next_listing = time.monotonic()
         try:
             while not self._halt:
                 self._wakeup.clear()
@@ -735,14 +739,19 @@ class _Monitor:
                     self._wakeup.wait()
                     continue
                 self._drain_events(jobs)
-                progressed, listing = self._poll(jobs)
+                # A plugin's notify only wakes the monitor for its events: the listing keeps its
+                # own pace, so a stream of completion events never adds storage requests.
+                if self._list_now or time.monotonic() >= next_listing:
+                    self._list_now = False
+                    progressed, listing = self._poll(jobs)
+                    interval = self.min_interval if progressed else min(self.max_interval, interval * 1.5)
+                    # Listing must not starve the calls it waits for: at most a fifth of the time goes to it.
+                    interval = max(interval, POLL_COST_FACTOR * listing)
+                    next_listing = time.monotonic() + interval
                 if time.monotonic() - last_check > 1.0:
                     self._check_deadlines(jobs)
                     last_check = time.monotonic()
-                interval = self.min_interval if progressed else min(self.max_interval, interval * 1.5)
-                # Listing must not starve the calls it waits for: at most a fifth of the time goes to it.
-                interval = max(interval, POLL_COST_FACTOR * listing)
-                self._wakeup.wait(interval)
+                self._wakeup.wait(max(0.0, next_listing - time.monotonic()))
         except Exception as exc:  # a bug: fail the open calls rather than leave them waiting forever
             log.exception("the pywren monitor failed")
             for job in self.tracker.active_jobs():
@@ -769,6 +778,11 @@ class _Monitor:
                 continue
             if event.kind == "running":
                 self.tracker.running(call, event.attempt)
+            elif event.kind == "done":  # the worker says it wrote its status: read it now, no listing
+                if not call.settled and event.attempt in call.live and event.attempt not in call.reported:
+                    written = self._fetch((job, call, event.attempt, job.keys.status(call.call_id, event.attempt)))
+                    if written is not None:  # not visible yet: the listing finds it
+                        self.tracker.settle(call, event.attempt, written)
             elif not call.settled and event.attempt in call.live:
                 # A platform's failure report can be wrong about one call (a broken response that
                 # carried several): a status the worker wrote wins over it.

@@ -19,7 +19,7 @@ Errors: hooks raise :mod:`pywren_core.errors` types, never an SDK's own. A missi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -41,7 +41,9 @@ def pywren_backend_info() -> BackendInfo:
 
 
 @hookspec(firstresult=True)
-def pywren_connect(config: Mapping[str, Any], role: str, backend: str, runtime: Any) -> Any:
+def pywren_connect(
+    config: Mapping[str, Any], role: str, backend: str, runtime: Any, notify: Callable[[], None]
+) -> Any:
     """Required. Open the clients the other hooks need and return them as one session object.
 
     ``config`` is this backend's section, validated against the schema with defaults filled in.
@@ -53,6 +55,11 @@ def pywren_connect(config: Mapping[str, Any], role: str, backend: str, runtime: 
     packages in ``runtime.site``, its ``name`` a hash of them), or None for the plugin's default.
     A backend that declares a ``BackendInfo.platform`` deploys it (``pywren_deploy``, from
     ``runtime.artifact_files``) and invokes the function that carries it.
+
+    ``notify`` may be called from any thread once ``pywren_poll_events`` has new events: the
+    client's monitor then reads them at once instead of at its next round. A plugin that learns
+    of completions as they happen (a held-open response) reports each as a ``"done"`` event and
+    calls ``notify``, so a result is noticed within milliseconds without listing storage more.
     """
 
 

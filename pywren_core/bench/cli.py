@@ -94,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {name}: skipped: {entry['skipped']}")
         elif failed:
             print(f"  {name}: {len(failed)} of {len(entry['calls'])} calls failed; first: {failed[0]['error']}")
+    for kind, group in entries.get("latency", {}).get("summary", {}).items():
+        notice = group["to_client"]
+        if group["calls"] and notice["p50"] is not None:
+            print(f"  completion notice ({kind} calls): median {notice['p50'] * 1000:.0f} ms, "
+                  f"p90 {notice['p90'] * 1000:.0f} ms after the worker ended")
     return 0
 
 

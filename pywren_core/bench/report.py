@@ -83,7 +83,7 @@ def _latency(entry: Mapping[str, Any]) -> list[list[Any]]:
     for kind in ("cold", "warm"):
         group = entry["summary"][kind]
         cells = [kind, group["calls"]]
-        for span in ("to_start", "total"):
+        for span in ("to_start", "to_client", "total"):
             cells += [group[span][f"p{q}"] for q in PERCENTILES]
         rows.append(cells)
     return rows
@@ -116,13 +116,16 @@ def markdown(runs: Sequence[Run], plots: Sequence[Path] | None) -> str:
         (
             "latency",
             "Invocation latency",
-            "Seconds from submit to the worker starting the call, and from submit to the client seeing its "
-            "result. A call is cold when it was its worker's first; warm calls ran one after another.",
+            "Seconds from submit to the worker starting the call, from the worker's end to the client noticing "
+            "its result (the completion notice: a listing's pace, or a platform's push), and from submit to the "
+            "client seeing its result. A call is cold when it was its worker's first; warm calls ran one after "
+            "another.",
             [
                 "run",
                 "kind",
                 "calls",
                 *(f"to start {p}" for p in percentile_names),
+                *(f"notice {p}" for p in percentile_names),
                 *(f"total {p}" for p in percentile_names),
             ],
             _latency,

@@ -1,0 +1,118 @@
+"""A plugin that learns of completions as they happen reports "done" events and calls ``notify``:
+the client then reads those statuses at once, and its listing keeps its own, slower pace.
+
+The "platform" here is a watcher thread over the local backend's storage folder, standing in for
+a held-open response: it sees each status file the real local worker writes, reports it as a
+"done" event and calls the ``notify`` the core passed to ``pywren_connect``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pywren_core as pw
+from pywren_core.backend import CallEvent
+from pywren_core.protocol import JobKeys, parse_status_key
+
+
+class CompletionWatcher:
+    """Wraps the local backend: reports every status the workers write as a "done" event."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.notify = None
+        self.events: list[CallEvent] = []
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+        self.listings = 0
+        self.stop = threading.Event()
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_connect(self, notify):
+        self.notify = notify
+        return (yield)
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_storage_list(self, prefix):
+        if "/status/" in prefix:
+            self.listings += 1
+        return (yield)
+
+    @pw.hookimpl
+    def pywren_poll_events(self):
+        with self.lock:
+            events, self.events = self.events, []
+        return events
+
+    def watch(self) -> None:
+        while not self.stop.wait(0.005):
+            for folder, _, names in os.walk(self.root):
+                for name in names:
+                    path = os.path.join(folder, name)
+                    parsed = parse_status_key(name)
+                    if parsed is None or path in self.seen:
+                        continue
+                    self.seen.add(path)
+                    _, executor_id, job_id = os.path.relpath(path, self.root).split(os.sep)[:3]
+                    with self.lock:
+                        self.events.append(CallEvent(executor_id, job_id, parsed[0], parsed[1], "done"))
+                    self.notify()
+
+
+def staggered(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_done_events_settle_calls_at_once_without_more_listings(pywren_config, storage_dir):
+    watcher = CompletionWatcher(storage_dir)
+    with pw.executor(pywren_config, wrappers=[watcher], progress=False) as ex:
+        monitor = ex._engine.monitor
+        monitor.min_interval = monitor.max_interval = 30.0  # listing alone would take 30 s
+        thread = threading.Thread(target=watcher.watch, daemon=True)
+        thread.start()
+        try:
+            delays = [0.05 * i for i in range(10)]  # the calls end one after another
+            started = time.monotonic()
+            futures = ex.map(staggered, delays)
+            assert ex.get_result(futures, timeout=25) == delays
+            took = time.monotonic() - started
+        finally:
+            watcher.stop.set()
+            thread.join()
+    assert took < 10, f"the calls took {took:.1f} s: they waited for a listing, not for their done events"
+    assert watcher.listings <= 2  # the job's first round, maybe one more: none for the events
+    notices = sorted(f.stats["done"] - f.stats["end"] for f in futures)
+    assert notices[len(notices) // 2] < 1.0, notices
+
+
+def test_a_done_event_before_the_status_is_readable_leaves_the_call_to_the_listing(pywren_config):
+    class EarlyDone:
+        """Reports "done" for every call as soon as it is invoked: before any status exists."""
+
+        def __init__(self):
+            self.events: list[CallEvent] = []
+
+        @pw.hookimpl(wrapper=True)
+        def pywren_invoke(self, payload):
+            result = yield
+            keys = JobKeys.from_payload(payload)
+            for call in payload["calls"]:
+                self.events.append(CallEvent(keys.executor_id, keys.job_id, call["call_id"], call["attempt"], "done"))
+            return result
+
+        @pw.hookimpl
+        def pywren_poll_events(self):
+            events, self.events = self.events, []
+            return events
+
+    def slow(x):
+        time.sleep(0.3)
+        return x * 2
+
+    with pw.executor(pywren_config, wrappers=[EarlyDone()], progress=False) as ex:
+        futures = ex.map(slow, range(4))
+        assert ex.get_result(futures, timeout=30) == [0, 2, 4, 6]
+    assert all(f.stats.get("attempts", 1) == 1 for f in futures)
