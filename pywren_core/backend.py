@@ -65,6 +65,9 @@ class Platform:
     python: str | None = None
     os: str = "linux"
     arch: str = "x86_64"
+    #: The glibc of the platform's OS: wheels that need a newer one are never chosen (Lambda's
+    #: Python 3.11 runs on Amazon Linux 2, glibc 2.26, where numpy 2.3's wheels fail to load).
+    glibc: str = "2.28"
     #: Largest unpacked runtime the platform accepts (Lambda: 250 MB with the function's code).
     max_unzipped_bytes: int | None = None
     #: Distributions the platform itself provides (boto3 on Lambda): never installed, never missing.
@@ -88,10 +91,13 @@ class Platform:
         return self.os == "host"
 
     def pip_tags(self) -> list[str]:
-        """pip's ``--platform`` values: manylinux wheels, newest glibc first, for the architecture."""
+        """pip's ``--platform`` values: every manylinux tag the platform's glibc runs, newest first."""
         if self.os != "linux":
             raise ConfigError(f"runtimes are built for linux platforms only, not {self.os!r}")
-        return [f"manylinux_2_{minor}_{self.arch}" for minor in (28, 17)] + [f"manylinux2014_{self.arch}"]
+        newest = int(self.glibc.split(".")[1])
+        tags = [f"manylinux_2_{minor}_{self.arch}" for minor in range(newest, 16, -1)]
+        legacy = ["manylinux2014"] + (["manylinux2010", "manylinux1"] if self.arch in ("x86_64", "i686") else [])
+        return tags + [f"{name}_{self.arch}" for name in legacy]
 
     def describe(self) -> str:
         where = "this machine" if self.is_host else f"{self.os}/{self.arch}"

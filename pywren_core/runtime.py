@@ -212,6 +212,17 @@ def _uv() -> str | None:
         return shutil.which("uv")
 
 
+#: The glibc versions uv names as targets (``x86_64-manylinux_2_31``); 17 is manylinux2014.
+_UV_GLIBC = (17, 28, *range(31, 41))
+
+
+def _uv_target(platform: Platform) -> str:
+    """uv's target: the newest glibc it knows that the platform's does not exceed. The pins were
+    resolved by pip for exactly the platform's glibc; uv only fetches their wheels."""
+    newest = int(platform.glibc.split(".")[1])
+    return f"{platform.arch}-manylinux_2_{max(m for m in _UV_GLIBC if m <= newest)}"
+
+
 def _install(pins: Sequence[str], platform: Platform, target: Path, installer: str) -> None:
     if installer == "uv":
         uv = _uv()
@@ -220,7 +231,7 @@ def _install(pins: Sequence[str], platform: Platform, target: Path, installer: s
         args = [uv, "pip", "install", "--quiet", "--no-deps", "--target", str(target),
                 "--python-version", platform.python_version]
         if not platform.is_host:
-            args += ["--only-binary", ":all:", "--python-platform", f"{platform.arch}-manylinux_2_28"]
+            args += ["--only-binary", ":all:", "--python-platform", _uv_target(platform)]
         else:
             args += ["--python", sys.executable]
         _run([*args, *pins], f"installing the runtime with uv into {target}")
@@ -295,7 +306,7 @@ def _digest(payload: Any) -> str:
 
 def _platform_identity(platform: Platform) -> dict[str, Any]:
     identity = {"python": platform.python_version, "os": platform.os, "arch": platform.arch,
-                "provided": sorted(platform.provided)}
+                "glibc": platform.glibc, "provided": sorted(platform.provided)}
     if platform.is_host:
         identity["arch"] = sysconfig.get_platform()  # a host runtime may hold sdists built for this machine
     return identity
@@ -371,7 +382,16 @@ def build(spec: RuntimeSpec, platform: Platform, *, upgrade: bool = False, insta
         scratch = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=_ensure(folder)))
         try:
             installed_at = time.monotonic()
-            _install(pins, platform, scratch / "site", installer)
+            try:
+                _install(pins, platform, scratch / "site", installer)
+            except RuntimeBuildError as exc:
+                if installer != "uv":
+                    raise
+                # uv names fewer glibc targets than pip takes: a wheel it cannot place, pip can.
+                say(f"uv could not install the pinned set ({exc}); installing it with pip")
+                installer = "pip"
+                shutil.rmtree(scratch / "site", ignore_errors=True)
+                _install(pins, platform, scratch / "site", installer)
             compiled_at = time.monotonic()
             compiled = _compile(scratch / "site", platform)
             sizes = _sizes(scratch / "site")

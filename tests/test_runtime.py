@@ -248,3 +248,11 @@ def test_pip_and_uv_install_the_same_pinned_set(installer):
     installed = {runtime.canonical(d.metadata["Name"]): d.version for d in distributions(path=[str(built.site)])}
     assert installed == built.distributions
     assert [p.name for p in built.site.rglob("*.so")] and all("x86_64" in p.name for p in built.site.rglob("*.so"))
+
+
+def test_wheels_needing_a_newer_glibc_than_the_platforms_are_never_chosen():
+    """numpy 2.3 and later publish manylinux_2_27/2_28 wheels only: Lambda's Python 3.11 (Amazon
+    Linux 2, glibc 2.26) must get an older numpy, a glibc 2.28 platform the newest."""
+    old_os = runtime.resolve(["numpy"], Platform(python="3.11", glibc="2.26"))["numpy"]
+    new_os = runtime.resolve(["numpy"], Platform(python="3.11", glibc="2.28"))["numpy"]
+    assert tuple(map(int, old_os.split(".")[:2])) < (2, 3) <= tuple(map(int, new_os.split(".")[:2])), (old_os, new_os)
