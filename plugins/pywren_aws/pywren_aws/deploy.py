@@ -144,7 +144,8 @@ def _glibc_needed(platform_tag: str) -> tuple[int, int] | None:
 def check_glibc(runtime: Any, python: str) -> None:
     """Refuse a runtime holding a wheel built for a newer glibc than Lambda's OS for ``python`` has:
     its compiled modules would not load there (``GLIBC_2.27 not found``) on any call. The core
-    resolves for manylinux up to 2.28, which Amazon Linux 2 (python3.11 and older) does not reach."""
+    resolves only wheels for the glibc ``PLATFORM`` declares; this checks the tree actually built
+    (a runtime built by an older core, or resolved for another platform)."""
     have = lambda_glibc(python)
     problems = []
     for wheel in sorted(runtime.site.glob("*.dist-info/WHEEL")):

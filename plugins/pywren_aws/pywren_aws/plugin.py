@@ -51,6 +51,9 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 #: refuses another minor version), on Amazon Linux (manylinux wheels), x86_64 (see ``architecture``).
 PLATFORM = Platform(
     python=PYTHON, os="linux", arch="x86_64", max_unzipped_bytes=RUNTIME_MAX_BYTES,
+    # Lambda's python3.11 and older run on Amazon Linux 2, 3.12 and later on Amazon Linux 2023: the
+    # core resolves only wheels their glibc loads (``deploy.check_glibc`` checks the built tree again).
+    glibc="2.26" if sys.version_info < (3, 12) else "2.34",
     # boto3 and its dependencies, which pywren-aws needs too, ship with Lambda's runtime: nothing of the
     # plugin's own is installed (``requirements`` stays empty).
     provided=PROVIDED_BY_LAMBDA, requirements=(),
