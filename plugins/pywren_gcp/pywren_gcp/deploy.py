@@ -296,10 +296,36 @@ def deploy(http: Any, config: Mapping[str, Any], rt: Any = None) -> str:
     return f"{'updated' if exists else 'created'} {path} ({runtime()}{carried}) at {lookup_url(http, config, rt)}"
 
 
-def remove(http: Any, config: Mapping[str, Any], rt: Any = None) -> str:
-    path = function_path(config, rt)
+def runtime_functions(http: Any, config: Mapping[str, Any]) -> list[str]:
+    """The paths of the functions deployed for runtimes beside the default one
+    (``<function_name>-rt-...``, labelled ``pywren-runtime``), every page."""
+    parent = function_path(config).rsplit("/functions/", 1)[0]
+    prefix = f"{parent}/functions/{config['function_name']}-"
+    found, token = [], ""
+    while True:
+        params = {"pageSize": 1000, **({"pageToken": token} if token else {})}
+        page = _check(http.get(f"{API}/{parent}/functions", params=params, timeout=60), "listing the functions")
+        for function in page.get("functions", ()):
+            name = function.get("name", "")
+            if name.startswith(prefix) and "pywren-runtime" in (function.get("labels") or {}):
+                found.append(name)
+        token = page.get("nextPageToken", "")
+        if not token:
+            return found
+
+
+def _delete(http: Any, path: str) -> bool:
     response = http.delete(f"{API}/{path}", timeout=60)
     if response.status_code == 404:
-        return f"{path} does not exist: nothing to remove"
+        return False
     _wait(http, _check(response, f"deleting {path}"), f"removing {path}")
-    return f"removed {path} (the bucket gs://{config['bucket']} and its objects were left alone)"
+    return True
+
+
+def remove(http: Any, config: Mapping[str, Any], rt: Any = None) -> str:
+    """Delete the function of ``rt``; with None, the default's and every runtime's."""
+    paths = [function_path(config, rt)] + (runtime_functions(http, config) if rt is None else [])
+    removed = [path for path in paths if _delete(http, path)]
+    if not removed:
+        return f"{paths[0]} does not exist: nothing to remove"
+    return (f"removed {', '.join(removed)} (the bucket gs://{config['bucket']} and its objects were left alone)")

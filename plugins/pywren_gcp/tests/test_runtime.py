@@ -79,8 +79,14 @@ class FakeApi:
         response.status_code, response._content = status, json.dumps(body).encode()
         return response
 
-    def get(self, url: str, **_: Any) -> Any:
+    def get(self, url: str, params: Any = None, **_: Any) -> Any:
         path = url.split("/v2/", 1)[1]
+        if path.endswith("/functions"):  # a list, one function a page
+            names = sorted(self.functions)
+            start = int((params or {}).get("pageToken") or 0)
+            page = [{"name": n, **self.functions[n]} for n in names[start:start + 1]]
+            more = {"nextPageToken": str(start + 1)} if start + 1 < len(names) else {}
+            return self._answer(200, {"functions": page, **more})
         if path in self.functions:
             return self._answer(200, self.functions[path])
         return self._answer(404, {"error": {"message": "not found"}})
@@ -88,8 +94,15 @@ class FakeApi:
     def post(self, url: str, params: Any = None, json: Any = None, **_: Any) -> Any:
         if url.endswith(":generateUploadUrl"):
             return self._answer(200, {"uploadUrl": "http://upload.invalid/", "storageSource": {"bucket": "u"}})
-        self.functions[json["name"]] = {"serviceConfig": {"uri": f"https://{params['functionId']}.run.app"}}
+        self.functions[json["name"]] = {"serviceConfig": {"uri": f"https://{params['functionId']}.run.app"},
+                                        "labels": json["labels"]}
         self.created.append(params["functionId"])
+        return self._answer(200, {"done": True})
+
+    def delete(self, url: str, **_: Any) -> Any:
+        path = url.split("/v2/", 1)[1]
+        if self.functions.pop(path, None) is None:
+            return self._answer(404, {"error": {"message": "not found"}})
         return self._answer(200, {"done": True})
 
 
@@ -117,6 +130,13 @@ def test_deploy_creates_the_runtimes_function_and_a_missing_one_names_pywren_dep
     assert ml_runtime.name in summary
     with pytest.raises(deploy.DeployError, match=r"run `pywren deploy` first"):
         deploy.lookup_url(api, config)  # the default runtime's function is another one, not deployed
+    deploy.deploy(api, config)
+    api.functions["projects/proj/locations/r/functions/someone-else"] = {"labels": {}}
+    assert len(api.functions) == 3
+    summary = deploy.remove(api, config)  # `pywren remove`: the default's function and every runtime's
+    assert f"pywren-runner-{ml_runtime.name}" in summary and list(api.functions) == [
+        "projects/proj/locations/r/functions/someone-else"]
+    assert "nothing to remove" in deploy.remove(api, config)
 
 
 # --- the deployed artifact, served in a clean interpreter -----------------------------------------
