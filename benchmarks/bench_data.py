@@ -20,22 +20,21 @@ back digests of the modules its worker imported, compared with the tree's files)
   ``download_blob(offset, length)``.
 
 **Throughput.** ``--gigabytes`` of text lines (GB = 10^9 bytes) in ``--objects`` objects, cut into
-``--piece-mib`` pieces by the map. Two workloads, each reading every byte and doing next to nothing
-with it, so the figure is the read path: ``len(piece.read())`` (one ranged read of exactly the piece's
-lines, after a 64 KiB read at each end inside its object to find them), and a streaming pass
-``f.read(1 MiB)`` until the end over ``piece.open()`` (ranged reads of the backend's ``data_block_size``).
-Each map is timed from the call to ``map`` (which lists and plans) until every
-result is in, on one executor warmed by a first untimed map; every run checks the bytes read. The
-platform runs ``--concurrency`` calls at once (Lambda runtimes, gunicorn threads, Functions host
-slots, local workers). The raw side reads the same pieces' byte ranges with the platform's SDK, one
-ranged GET per piece read whole or in 1 MiB reads as it arrives (its pieces are given, so it does no
-listing), from as many threads of this process and, apart, from as many processes (a Python SDK in
-threads can be bound by the GIL; the map's calls run in processes). For streaming, "raw blocks" also
-reads each piece in ranged GETs of ``data_block_size`` one after another, the requests
-``piece.open()`` makes. Plugin and raw runs alternate; figures are medians of ``--repeats`` runs;
-the ratio is plugin / the faster raw side. The calls' own stats then say where the plugin's time
-goes: a piece's read inside a call against a raw process's, reads in flight, the time each call
-holds its slot besides reading, and the latency before the first call and after the last.
+``--piece-mib`` pieces by the map. Two workloads, each reading every byte and doing next to nothing with
+it, so the figure is the read path: ``len(piece.read())`` (one ranged read of exactly the piece's lines,
+after a 64 KiB read at each end inside its object to find them), and a streaming pass ``f.read(1 MiB)``
+until the end over ``piece.open()`` (ranged reads of the backend's ``data_block_size``). Each map is
+timed from the call to ``map`` (which lists and plans) until every result is in, on one executor warmed
+by a first untimed map; every run checks the bytes read. The platform runs ``--concurrency`` calls at
+once (Lambda runtimes, gunicorn threads, Functions host slots, local workers). The raw side reads the
+same pieces' byte ranges with the platform's SDK, one ranged GET per piece read whole or in 1 MiB reads
+as it arrives (its pieces are given, so it does no listing), from as many threads of this process and,
+apart, from as many processes (a Python SDK in threads can be bound by the GIL; the map's calls run in
+processes). For streaming, "raw blocks" also reads each piece in ranged GETs of ``data_block_size`` one
+after another, the requests ``piece.open()`` makes. Plugin and raw runs alternate; figures are medians
+of ``--repeats`` runs; the ratio is plugin / the faster raw side. The calls' own stats then say where
+the plugin's time goes: a piece's read inside a call against a raw process's, reads in flight, the time
+each call holds its slot besides reading, and the latency before the first call and after the last.
 
 **Listing.** ``--keys`` small objects are created under a prefix (a thread pool of 16, timed), then
 ``pw.storage().list(prefix)``, ``pywren_core.data.plan(storage, prefix)`` and the SDK's own
