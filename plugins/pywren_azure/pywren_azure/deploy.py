@@ -178,12 +178,6 @@ def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
     """Set the app's payload key, then upload the package with Kudu zip deploy and wait for it; with
     a runtime, to the runtime's app, then record in the job container which runtime it carries."""
     runtime = session.runtime
-    if runtime is not None and runtime.image:
-        raise ConfigError(
-            f"pywren deploy for azure does not deploy container images (runtime {runtime.name}: {runtime.image}): "
-            "create the function app from the image yourself (az functionapp create --image ...), with "
-            "function_app.py and host.json from a package runtime's deploy in /home/site/wwwroot"
-        )
     app = app_name(config, runtime)
     if not app:
         raise ConfigError("pywren deploy for azure needs azure.function_app (create it with az functionapp create"
@@ -199,6 +193,8 @@ def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
         )
     headers = {"Authorization": f"Bearer {_management_token()}"}
     settings = {PAYLOAD_KEY_ENV: config["payload_key"].strip(), **(RUNTIME_APP_SETTINGS if runtime is not None else {})}
+    if runtime is not None and runtime.image:
+        return _deploy_image(session, config, runtime, app, headers, settings)
     _set_app_settings(session, headers, _site_id(session, headers, app), settings)
     with tempfile.TemporaryDirectory() as scratch:
         package = build_package(config, scratch, runtime)
@@ -220,6 +216,35 @@ def deploy(session: AzureSession, config: Mapping[str, Any]) -> str:
     carries = f"runtime {runtime.name} ({runtime_label(runtime)!r}), " if runtime is not None else ""
     return (f"deployed pywren-azure {pywren_azure.__version__} to function app {app} ({carries}"
             f"queue {queue_name(config, runtime)!r}, payload key set as app setting {PAYLOAD_KEY_ENV})")
+
+
+def _deploy_image(session: AzureSession, config: Mapping[str, Any], runtime: Any, app: str,
+                  headers: dict[str, str], settings: dict[str, str]) -> str:
+    """A container image runtime: the app runs the user's image (pywren builds and uploads nothing);
+    deploy gives the app the runtime's queue and route as app settings, and records it."""
+    settings = {**settings, "PYWREN_AZURE_QUEUE": queue_name(config, runtime),
+                "PYWREN_AZURE_ROUTE": http_route(runtime), "PYWREN_AZURE_RUNTIME": runtime.name,
+                "PYWREN_AZURE_MAX_CONCURRENCY": str(config["max_concurrency"])}
+    _set_app_settings(session, headers, _site_id(session, headers, app), settings)
+    record_runtime(session, config, runtime, app)
+    return (f"configured function app {app} for runtime {runtime.name} (image {runtime.image}): queue "
+            f"{settings['PYWREN_AZURE_QUEUE']!r}, route {settings['PYWREN_AZURE_ROUTE']!r}, payload key set. Nothing "
+            f"uploaded: the app must run the image (az functionapp create --image {runtime.image}), with host.json and "
+            "function_app.py in /home/site/wwwroot (pywren_azure.deploy.write_app_files writes them)")
+
+
+def write_app_files(directory: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> list[Path]:
+    """host.json and function_app.py for a container image's /home/site/wwwroot (beside the code
+    ``pywren runtime dockerfile`` writes); the queue and route come from the app settings deploy sets."""
+    from pywren_azure.plugin import CONFIG
+
+    config = {**{f.name: f.default for f in CONFIG}, **(config or {})}
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "host.json", folder / "function_app.py"]
+    written[0].write_text(json.dumps(host_json(config), indent=2))
+    written[1].write_text(function_app_py(config))
+    return written
 
 
 def record_runtime(session: AzureSession, config: Mapping[str, Any], runtime: Any, app: str) -> None:

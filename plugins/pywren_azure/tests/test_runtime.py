@@ -314,3 +314,41 @@ def test_the_runtime_package_and_its_figures(runtime_app: RuntimeApp) -> None:
           f"{runtime_app.build_seconds['cached']:.2f} s cached; package {runtime_app.package_bytes / 1e6:.1f} MB "
           f"zipped, {unpacked / 1e6:.1f} MB unpacked")
     assert os.path.getsize(runtime_app.root / "host.json") > 0
+
+
+def test_an_image_runtime_is_configured_and_recorded_not_uploaded(runtime_app: RuntimeApp, tmp_path: Path) -> None:
+    image = fake_runtime(tmp_path, "img-0000000000aa", "gpu")
+    image = attrs.evolve(image, manifest={**image.manifest, "image": "example.azurecr.io/pywren-gpu:1"})
+    with standin_arm({f"{APP}-gpu": {}}) as arm:
+        session = open_with(runtime_app.section, image)
+        try:
+            summary = session.deploy() or ""
+            session.prepare()  # recorded: an executor may now invoke it
+        finally:
+            session.close()
+    assert arm.packages == [] and "az functionapp create --image example.azurecr.io/pywren-gpu:1" in summary
+    settings = arm.apps[f"{APP}-gpu"]
+    assert settings["PYWREN_AZURE_QUEUE"] == f"{QUEUE}-{image.name}"
+    assert settings["PYWREN_AZURE_ROUTE"] == f"pywren/{image.name}" and settings["PYWREN_PAYLOAD_KEY"] == PAYLOAD_KEY
+    host_json, app_py = deploy.write_app_files(tmp_path / "wwwroot")
+    assert json.loads(host_json.read_text())["version"] == "2.0"
+    assert "from pywren_azure.function_app import app" in app_py.read_text()
+
+
+def test_pywren_deploy_with_a_named_runtime_from_the_command_line(
+        runtime_app: RuntimeApp, runtimes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from pywren_core import cli
+
+    config_file = tmp_path / "pywren.yaml"
+    config_file.write_text(yaml.safe_dump({"backend": "azure", "azure": runtime_app.section, "runtimes": RUNTIMES}))
+    monkeypatch.setenv("PYWREN_CONFIG_FILE", str(config_file))
+    monkeypatch.setenv(runtime.DIR_ENV, str(runtimes_dir))
+    with standin_arm({f"{APP}-numpy": {}}) as arm:
+        assert cli.main(["deploy", "--runtime", "numpy"]) == 0
+    assert [app for app, _ in arm.packages] == [f"{APP}-numpy"]
+    assert f"runtime {runtime_app.runtime.name} ('numpy')" in capsys.readouterr().out
+    with zipfile.ZipFile(io.BytesIO(arm.package_of(f"{APP}-numpy"))) as archive:
+        assert f"{deploy.SITE_PACKAGES}/numpy/__init__.py" in archive.namelist()
