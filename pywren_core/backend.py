@@ -80,6 +80,11 @@ class Platform:
     image_base: str = ""
     #: Where the platform's base image expects the function's code.
     image_code_dir: str = "/app"
+    #: The image's command; empty: the platform's base image runs ``BackendInfo.handler`` itself
+    #: (Lambda's does), else e.g. ``("functions-framework", "--target", "handler", ...)``.
+    image_command: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: What the image needs besides the runtime to serve the handler (``functions-framework``).
+    image_packages: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     @property
     def python_version(self) -> str:

@@ -134,7 +134,7 @@ def cmd_runtime(args: argparse.Namespace) -> int:
         print(f"wrote {out / 'Dockerfile'} and {out / 'code'} for runtime {built.name} on {backend.name}")
         return 0
     manifest = built.manifest
-    print(f"runtime {built.name} ({manifest.get('label')}) for {backend.name}: {len(built.distributions)} "
+    print(f"runtime {built.name} ({built.label}) for {backend.name}: {len(built.distributions)} "
           f"distributions, {manifest.get('size_bytes', 0) / 1e6:.1f} MB, Python {manifest['python']}, in {built.path}")
     return 0
 
@@ -295,7 +295,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def _lifecycle(args: argparse.Namespace, action: str) -> int:
     cfg, backend = _load(args)
-    runtime = _runtime(cfg, backend) if action == "deploy" else None
+    runtime = _runtime(cfg, backend) if action == "deploy" or getattr(args, "runtime", None) else None
     session = backend.open(cfg.backend_section(backend.info), runtime=runtime)
     try:
         summary = session.deploy() if action == "deploy" else session.remove()
@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--installer", choices=["pip", "uv"], help="default: uv when installed, else pip")
     runtime.add_argument("-o", "--output", default="pywren-image",
                          help="dockerfile: the folder to write (default: pywren-image)")
-    command("remove", cmd_remove, "remove the backend's cloud function")
+    remove = command("remove", cmd_remove, "remove the backend's cloud functions (every runtime's)")
+    remove.add_argument("--runtime", metavar="NAME", help="remove only this runtime's function (from 'runtimes:')")
     from pywren_core.bench.cli import add_bench_command
 
     add_bench_command(commands)

@@ -103,6 +103,9 @@ class Runtime:
     name: str
     path: Path
     manifest: Mapping[str, Any]
+    #: The config's name for it (``runtimes: {ml: ...}``); the same pinned set built under two
+    #: labels is one runtime, so the manifest keeps only the first.
+    label: str = attrs.field(default=attrs.Factory(lambda self: self.manifest.get("label", "default"), takes_self=True))
 
     @property
     def site(self) -> Path:
@@ -363,7 +366,7 @@ def build(spec: RuntimeSpec, platform: Platform, *, upgrade: bool = False, insta
     spec_file = folder / "specs" / f"{_spec_key(spec, platform)}.json"
     if not upgrade:
         try:
-            return load(json.loads(spec_file.read_text())["name"])
+            return attrs.evolve(load(json.loads(spec_file.read_text())["name"]), label=spec.label)
         except (FileNotFoundError, ConfigError, KeyError, json.JSONDecodeError):
             pass
     if spec.image:
@@ -414,7 +417,7 @@ def build(spec: RuntimeSpec, platform: Platform, *, upgrade: bool = False, insta
             shutil.rmtree(scratch, ignore_errors=True)
     _ensure(spec_file.parent)
     spec_file.write_text(json.dumps({"name": name, "label": spec.label}))
-    return load(name)
+    return attrs.evolve(load(name), label=spec.label)
 
 
 def _image_runtime(spec: RuntimeSpec, platform: Platform, spec_file: Path) -> Runtime:
@@ -427,7 +430,7 @@ def _image_runtime(spec: RuntimeSpec, platform: Platform, spec_file: Path) -> Ru
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     _ensure(spec_file.parent)
     spec_file.write_text(json.dumps({"name": name, "label": spec.label}))
-    return load(name)
+    return attrs.evolve(load(name), label=spec.label)
 
 
 def _ensure(folder: Path) -> Path:
@@ -488,9 +491,8 @@ def check_modules(runtime: Runtime, modules: Iterable[str], own_distributions: I
             problems.append(f"module {top!r}: the runtime has {dist} {theirs}, this client {mine}; "
                             f"pin '{dist}=={mine}' in its requirements (or install {dist}=={theirs} here)")
     if problems:
-        label = runtime.manifest.get("label", "default")
         raise RuntimeMismatchError(
-            f"the function cannot run in runtime {runtime.name} ({label!r}):\n  " + "\n  ".join(problems)
+            f"the function cannot run in runtime {runtime.name} ({runtime.label!r}):\n  " + "\n  ".join(problems)
             + "\nthen `pywren runtime build` (and `pywren deploy`) again"
         )
 
@@ -542,15 +544,18 @@ def dockerfile(runtime: Runtime, platform: Platform, handler: str) -> str:
     if not platform.image_base:
         raise ConfigError("this backend's platform takes no container images")
     pins = " \\\n      ".join(f"'{d}=={v}'" for d, v in sorted(runtime.distributions.items()))
-    label = runtime.manifest.get("label", "default")
+    code = platform.image_code_dir
+    server = "".join(f" '{p}'" for p in platform.image_packages)  # on the image's own path: its commands too
     return (
-        f"# Runtime {runtime.name} ({label}), written by `pywren runtime dockerfile`.\n"
+        f"# Runtime {runtime.name} ({runtime.label}), written by `pywren runtime dockerfile`.\n"
         f"# The pins are the runtime's manifest; code/ holds the client's pywren-core and plugin\n"
         f"# (`pywren runtime dockerfile` writes it beside this file).\n"
         f"FROM {platform.image_base}\n"
-        f"RUN pip install --no-cache-dir --target {platform.image_code_dir} \\\n      {pins}\n"
-        f"COPY code/ {platform.image_code_dir}/\n"
-        f'CMD ["{handler}"]\n'
+        + (f"RUN pip install --no-cache-dir{server}\n" if server else "")
+        + f"RUN pip install --no-cache-dir --target {code} \\\n      {pins}\n"
+        f"COPY code/ {code}/\n"
+        f"ENV PYTHONPATH={code}\n"
+        f"CMD {json.dumps(list(platform.image_command or [handler]))}\n"
     )
 
 

@@ -63,6 +63,11 @@ def test_building_an_unchanged_spec_again_is_a_no_op(small, monkeypatch):
     assert again.name == small.name and again.manifest["built_at"] == small.manifest["built_at"]
 
 
+def test_the_same_set_under_another_label_is_the_same_runtime_named_as_asked(small):
+    again = runtime.build(runtime.RuntimeSpec(label="other", requirements=SMALL.requirements), HOST)
+    assert again.name == small.name and again.label == "other" and small.label == "small"
+
+
 def test_another_spec_gets_its_own_runtime_beside_the_first(small):
     other = runtime.build(runtime.RuntimeSpec(requirements=("six==1.15.0",)), HOST)
     assert other.name != small.name and other.distributions["six"] == "1.15.0"
@@ -214,7 +219,13 @@ def test_a_dockerfile_installs_the_manifests_pins_on_the_platforms_base_image(sm
     text = runtime.dockerfile(small, lambda_like, "pywren_aws.handler.handler")
     assert text.splitlines()[3] == "FROM public.ecr.aws/lambda/python:3.11"
     assert "pip install --no-cache-dir --target /var/task" in text and "'six==1.16.0'" in text
-    assert "COPY code/ /var/task/" in text and text.rstrip().endswith('CMD ["pywren_aws.handler.handler"]')
+    assert "COPY code/ /var/task/" in text and "ENV PYTHONPATH=/var/task" in text
+    assert text.rstrip().endswith('CMD ["pywren_aws.handler.handler"]')
+    served = Platform(image_base="python:3.11-slim", image_command=("functions-framework", "--target", "handler"),
+                      image_packages=("functions-framework",))
+    text = runtime.dockerfile(small, served, "unused")
+    assert "RUN pip install --no-cache-dir 'functions-framework'\n" in text
+    assert text.rstrip().endswith('CMD ["functions-framework", "--target", "handler"]')
 
 
 def test_an_artifact_holds_the_runtime_and_the_clients_own_pywren(small, tmp_path):

@@ -106,7 +106,10 @@ def platform() -> Platform:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     return Platform(python=python, os="linux", arch="x86_64", max_unzipped_bytes=None,
                     provided=frozenset(RUNTIME_EXTRAS), requirements=worker_needs(),
-                    image_base=f"python:{python}-slim", image_code_dir="/app")
+                    image_base=f"python:{python}-slim", image_code_dir="/app",
+                    image_packages=("functions-framework",),
+                    image_command=("functions-framework", "--source", "/app/pywren_gcp/handler.py",
+                                   "--target", "handler", "--port", "8080"))
 
 
 def _pinned(name: str) -> str:
