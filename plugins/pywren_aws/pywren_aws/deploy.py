@@ -301,12 +301,15 @@ def _runtime_functions(client: Any, base: str) -> list[str]:
 
 
 def remove(session: AwsSession, config: Mapping[str, Any]) -> str:
-    """Delete the function, every runtime's function beside it, and their staged packages."""
+    """Delete the function, every runtime's function beside it, and their staged packages; with a
+    runtime (``pywren remove --runtime NAME``), that runtime's function alone."""
     base = config["function_name"]
     client = session.control_client()
     removed = []
     with mapped(f"removing Lambda function {base}", default=PywrenError):
-        for name in [base, *_runtime_functions(client, base)]:
+        names = [function_name(base, session.runtime)] if session.runtime is not None else [
+            base, *_runtime_functions(client, base)]
+        for name in names:
             try:
                 client.delete_function(FunctionName=name)
                 removed.append(name)

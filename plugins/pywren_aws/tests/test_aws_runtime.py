@@ -281,6 +281,13 @@ def test_remove_deletes_every_runtime_function(moto: LocalServer, bucket: str, r
         session = backend.open(section, runtime=rt)
         session.deploy()
         session.close()
+    only = backend.open(section, runtime=numpy_runtime)  # pywren remove --runtime NAME
+    assert only.remove() == f"removed Lambda function pywren-gone-{numpy_runtime.name}"
+    only.close()
+    for rt in (None, numpy_runtime):
+        session = backend.open(section, runtime=rt)
+        session.deploy()
+        session.close()
     session = backend.open(section)
     assert session.remove() == f"removed Lambda functions pywren-gone, pywren-gone-{numpy_runtime.name}"
     assert session.remove() == "no Lambda function pywren-gone to remove"
