@@ -281,7 +281,7 @@ def pywren_deploy(session: GcpSession, config: Mapping[str, Any]) -> str:
 @hookimpl
 def pywren_remove(session: GcpSession, config: Mapping[str, Any]) -> str:
     with credentials_mapped("removing the function"):
-        return deploy_module.remove(session.api(), config)
+        return deploy_module.remove(session.api(), config, session.runtime)  # one runtime's, or all
 
 
 @hookimpl
