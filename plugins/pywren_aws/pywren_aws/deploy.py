@@ -238,7 +238,7 @@ def _stage(session: AwsSession, name: str, code: bytes) -> dict[str, str]:
 def _label(runtime: Any) -> str:
     if runtime is None:
         return "default package"
-    return f"runtime {runtime.name} ({runtime.manifest.get('label', 'default')!r})"
+    return f"runtime {runtime.name} ({runtime.label!r})"
 
 
 def deploy(session: AwsSession, config: Mapping[str, Any]) -> str:

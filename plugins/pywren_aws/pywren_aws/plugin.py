@@ -236,7 +236,7 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
         except session.lambda_.exceptions.ResourceNotFoundException as exc:
             if session.runtime is None or error_code(exc) != "ResourceNotFoundException":
                 raise
-            label = session.runtime.manifest.get("label", "default")
+            label = session.runtime.label
             flag = "" if label == "default" else f" --runtime {label}"
             raise ConfigError(
                 f"{what}: runtime {session.runtime.name} ({label!r}) is not deployed (no function {name}); "

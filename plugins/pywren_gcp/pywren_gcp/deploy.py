@@ -153,7 +153,7 @@ def package_files(rt: Any = None) -> dict[str, Path | bytes]:
     clash = {"main.py", "requirements.txt"} & set(files)
     if clash:
         raise DeployError(f"the runtime holds {sorted(clash)[0]}, which the source package needs for itself")
-    what = f"runtime {rt.name} ({rt.manifest.get('label', 'default')})" if rt is not None else "default runtime"
+    what = f"runtime {rt.name} ({rt.label})" if rt is not None else "default runtime"
     files["main.py"] = MAIN_PY.format(version=__version__, what=what, runtime=rt.name if rt else "").encode()
     files["requirements.txt"] = ("\n".join(requirements(rt)) + "\n").encode()
     return files
@@ -217,7 +217,7 @@ def function_spec(config: Mapping[str, Any], storage_source: Mapping[str, Any], 
     description = f"pywren worker (pywren-gcp {__version__})"
     if rt is not None:
         labels["pywren-runtime"] = rt.name
-        description += f", runtime {rt.name} ({rt.manifest.get('label', 'default')})"
+        description += f", runtime {rt.name} ({rt.label})"
     return {
         "name": function_path(config, rt),
         "description": description,
@@ -263,7 +263,7 @@ def lookup_url(http: Any, config: Mapping[str, Any], rt: Any = None) -> str:
 def _deploy_hint(rt: Any) -> str:
     if rt is None:
         return "run `pywren deploy` first"
-    label = rt.manifest.get("label", "default")
+    label = rt.label
     flag = f" --runtime {label}" if label != "default" else ""
     return f"run `pywren deploy{flag}` first to deploy runtime {rt.name} ({label!r})"
 
@@ -273,7 +273,7 @@ def runtime_url(config: Mapping[str, Any], rt: Any) -> str:
     urls = config.get("runtime_urls") or {}
     if not isinstance(urls, Mapping):
         raise ConfigError(f"gcp.runtime_urls must map runtime names or labels to URLs, got {urls!r}")
-    return str(urls.get(rt.name) or urls.get(rt.manifest.get("label", "")) or "")
+    return str(urls.get(rt.name) or urls.get(rt.label) or "")
 
 
 def deploy(http: Any, config: Mapping[str, Any], rt: Any = None) -> str:

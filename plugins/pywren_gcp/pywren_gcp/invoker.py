@@ -31,7 +31,7 @@ import json
 import sys
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,6 +87,9 @@ class DispatchStats:
     accepted: int = 0
     #: Call events reported (an error line, a response that broke before a payload's line).
     events: int = 0
+    #: Payloads whose line said they finished: reported as "done" events, so the client reads
+    #: their statuses at once instead of at its next listing.
+    done: int = 0
     open: int = 0
     peak_open: int = 0
     largest_batch: int = 0
@@ -96,7 +99,7 @@ class Dispatcher:
     """Sends invocations to one function URL from a single event-loop thread."""
 
     def __init__(self, url: str, max_connections: int, calls_per_request: int, accept_timeout: float,
-                 hold_timeout: float):
+                 hold_timeout: float, notify: Callable[[], None] = lambda: None):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvokeError(f"the function URL must be http:// or https://, got {url!r}")
@@ -106,6 +109,8 @@ class Dispatcher:
         self.accept_timeout = accept_timeout
         self.hold_timeout = hold_timeout
         self.stats = DispatchStats()
+        #: The core's ``notify``: called when events are ready, from the loop thread.
+        self.notify = notify
         self._events: deque[CallEvent] = deque()
         self._waiting: deque[_Waiting] = deque()
         #: Handed over by invoking threads; the loop takes them all at each wake-up (see invoke()).
@@ -290,6 +295,10 @@ class Dispatcher:
                     if record.get("error"):
                         self._report(item.events("error", f"the worker runtime failed on the function at "
                                                           f"{self.url}: {record['error']}"))
+                    else:  # the worker has written the calls' statuses: the client reads them now
+                        self.stats.done += 1
+                        self._events.extend(item.events("done", ""))
+                        self.notify()
                 if not waiting:  # read to the end (nothing more, as the handler speaks): the connection is reused
                     await response.read()
         except _BROKEN as exc:
@@ -302,6 +311,7 @@ class Dispatcher:
     def _report(self, events: list[CallEvent]) -> None:
         self.stats.events += len(events)
         self._events.extend(events)
+        self.notify()
 
 
 def _line_is_for(record: dict[str, Any], item: _Waiting) -> bool:

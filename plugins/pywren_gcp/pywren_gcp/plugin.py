@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import google.auth
@@ -91,13 +91,16 @@ def pywren_backend_info() -> BackendInfo:
 class GcpSession:
     """The clients one config needs: storage at once, the invoker and tokens on first use."""
 
-    def __init__(self, config: Mapping[str, Any], role: str, runtime: Any = None):
+    def __init__(self, config: Mapping[str, Any], role: str, runtime: Any = None,
+                 notify: Callable[[], None] = lambda: None):
         self.config = dict(config)
+        #: The core's notify: the invoker calls it as held-open responses report calls done.
+        self.notify = notify
         #: The built runtime (``pywren_core.runtime.Runtime``) the calls run in; None: the default.
         self.runtime = runtime
         if role == "client" and runtime is not None and self.config["function_url"] \
                 and not deploy_module.runtime_url(self.config, runtime):
-            label = runtime.manifest.get("label", "default")
+            label = runtime.label
             raise ConfigError(
                 f"gcp.function_url is the default runtime's function; runtime {runtime.name} ({label!r}) runs in "
                 f"a function of its own: give its URL in gcp.runtime_urls ({{{runtime.name}: URL}} or "
@@ -151,6 +154,7 @@ class GcpSession:
                     calls_per_request=max(1, self.config["calls_per_request"]),
                     accept_timeout=float(self.config["accept_timeout"]),
                     hold_timeout=float(self.config["function_timeout"]) + 60.0,
+                    notify=self.notify,
                 )
             return self._dispatcher
 
@@ -208,8 +212,8 @@ class GcpSession:
 
 
 @hookimpl
-def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> GcpSession:
-    return GcpSession(config, role, runtime)
+def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any, notify: Callable[[], None]) -> GcpSession:
+    return GcpSession(config, role, runtime, notify)
 
 
 @hookimpl

@@ -109,3 +109,22 @@ def test_lost_acknowledgements_are_invoked_again_and_counted(storage_url: str, f
         assert sum(f.stats.get("ambiguous_invokes", 0) for f in futures) == 3
     finally:
         proxy.close()
+
+
+def test_a_finished_call_is_noticed_from_its_response_line_not_a_listing(pywren_config: dict) -> None:
+    """Each payload's line on the held-open response becomes a "done" event: the client reads the
+    call's status at once. With the listing held at 30 s, calls ending one after another are still
+    noticed within milliseconds of their worker's end, and no listing beyond the job's first runs."""
+    with pw.executor(pywren_config, progress=False) as ex:
+        monitor = ex._engine.monitor
+        monitor.min_interval = monitor.max_interval = 30.0
+        delays = [0.1 * i for i in range(8)]
+        started = time.monotonic()
+        futures = ex.map(sleep_then_return, delays)
+        assert ex.get_result(futures, timeout=25) == delays
+        took = time.monotonic() - started
+        stats = ex.session.handle.dispatcher().stats
+    assert took < 10, f"took {took:.1f} s: the calls waited for a listing, not for their response lines"
+    assert stats.done == stats.invocations == 8 and stats.events == 0
+    notices = sorted(f.stats["done"] - f.stats["end"] for f in futures)
+    assert notices[len(notices) // 2] < 0.3, notices
