@@ -74,7 +74,11 @@ def pacer(config: Mapping[str, Any]) -> Pacer:
 
 
 def runtime_label(runtime: Any) -> str:
-    return str(runtime.manifest.get("label") or "default") if runtime is not None else "default"
+    """The config's name for ``runtime`` (``Runtime.label``: the label asked for, even when the same
+    pinned set was built first under another)."""
+    if runtime is None:
+        return "default"
+    return str(getattr(runtime, "label", None) or runtime.manifest.get("label") or "default")
 
 
 def app_name(config: Mapping[str, Any], runtime: Any) -> str | None:

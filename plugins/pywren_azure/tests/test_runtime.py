@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 import pytest
 import requests
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 from azure.storage.queue import QueueClient
 from conftest import HOST_SCRIPT, PAYLOAD_KEY, PLANTED_FUNCTION_KEY, Azurite, FunctionsHost
@@ -352,3 +353,21 @@ def test_pywren_deploy_with_a_named_runtime_from_the_command_line(
     assert f"runtime {runtime_app.runtime.name} ('numpy')" in capsys.readouterr().out
     with zipfile.ZipFile(io.BytesIO(arm.package_of(f"{APP}-numpy"))) as archive:
         assert f"{deploy.SITE_PACKAGES}/numpy/__init__.py" in archive.namelist()
+
+
+def test_pywren_remove_with_a_runtime_deletes_its_queues_and_record(runtime_app: RuntimeApp, tmp_path: Path,
+                                                                     azurite: Azurite) -> None:
+    gone = fake_runtime(tmp_path, "rt-0000000000ee", "old")
+    with standin_arm({f"{APP}-old": {}}):
+        session = open_with(runtime_app.section, gone)
+        session.deploy()
+        session.close()
+    session = open_with(runtime_app.section, gone)  # a client session opens the runtime's queue
+    try:
+        assert f"'{QUEUE}-{gone.name}'" in (session.remove() or "")
+        with pytest.raises(ConfigError, match="not deployed"):
+            session.prepare()
+    finally:
+        session.close()
+    with pytest.raises(ResourceNotFoundError):
+        QueueClient.from_connection_string(azurite.connection_string, f"{QUEUE}-{gone.name}").get_queue_properties()
