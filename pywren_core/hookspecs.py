@@ -145,7 +145,8 @@ def pywren_invoke(session: Any, payload: Mapping[str, Any], backend: str) -> Non
 
 @hookspec
 def pywren_prepare(session: Any, backend: str) -> None:
-    """Optional. Get ready to invoke (start warm workers, open connections) without waiting for it.
+    """Optional. Get ready to invoke (start warm workers, open connections) without waiting for it;
+    at most a quick check that fails early (one request: is the session's runtime deployed?).
 
     Called once when an executor opens its session, never by commands that only read storage or
     deploy (``pywren status``, ``pywren clean``), so those start nothing they do not need.
