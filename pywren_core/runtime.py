@@ -45,8 +45,6 @@ CORE_PACKAGE = "pywren_core"
 MANIFEST = "manifest.json"
 
 
-
-
 @attrs.frozen
 class RuntimeSpec:
     """What the user asked for: requirement lines, or a container image of their own."""
