@@ -771,18 +771,27 @@ class FaultConformance(_Isolated):
         reran = [f.call_id for f in futures if f.stats["attempts"] != 1 or f.stats["runs"] != 1]
         assert not reran, f"forged statuses made calls run again: {reran[:5]}"
 
-    def test_denied_listing_fails_the_job_and_reruns_nothing(self, pywren_config: dict[str, Any]) -> None:
+    def test_denied_statuses_fail_the_job_and_rerun_nothing(self, pywren_config: dict[str, Any]) -> None:
         from pywren_core.errors import AccessDeniedError, StorageError
 
-        class DenyStatusListing:
+        class DenyStatuses:
+            """Listing and reading statuses denied, as when credentials expire (a backend that
+            pushes completions reads each status directly: that is denied too)."""
+
             @pw.hookimpl(wrapper=True)
             def pywren_storage_list(self, session: Any, prefix: str) -> Any:
                 if "/status/" in prefix:
                     raise AccessDeniedError("AccessDenied: injected, as when credentials expire")
                 return (yield)
 
+            @pw.hookimpl(wrapper=True)
+            def pywren_storage_get(self, session: Any, key: str, byte_range: Any) -> Any:
+                if "/status/" in key:
+                    raise AccessDeniedError("AccessDenied: injected, as when credentials expire")
+                return (yield)
+
         settings = {"progress": False, "timeout": self.short_timeout, "lost_grace": self.lost_grace, "retries": 3}
-        ex = pw.executor(pywren_config, wrappers=[DenyStatusListing()], **settings)
+        ex = pw.executor(pywren_config, wrappers=[DenyStatuses()], **settings)
         futures = ex.map(square, range(5))
         done, not_done = pw.wait(futures, timeout=self.map_deadline)
         ex.shutdown(wait=False)
