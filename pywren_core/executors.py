@@ -771,6 +771,7 @@ class _Monitor:
             log.warning("reading %s's call events failed (will retry): %s", self.engine.info.name, exc)
             return
         by_id = {(j.keys.executor_id, j.keys.job_id): j for j in jobs}
+        done: list[tuple[Job, Call, int, str]] = []
         for event in events:
             job = by_id.get((event.executor_id, event.job_id))
             call = job.calls.get(event.call_id) if job is not None else None
@@ -780,9 +781,7 @@ class _Monitor:
                 self.tracker.running(call, event.attempt)
             elif event.kind == "done":  # the worker says it wrote its status: read it now, no listing
                 if not call.settled and event.attempt in call.live and event.attempt not in call.reported:
-                    written = self._fetch((job, call, event.attempt, job.keys.status(call.call_id, event.attempt)))
-                    if written is not None:  # not visible yet: the listing finds it
-                        self.tracker.settle(call, event.attempt, written)
+                    done.append((job, call, event.attempt, job.keys.status(call.call_id, event.attempt)))
             elif not call.settled and event.attempt in call.live:
                 # A platform's failure report can be wrong about one call (a broken response that
                 # carried several): a status the worker wrote wins over it.
@@ -793,6 +792,10 @@ class _Monitor:
                     )
                     written = Outcome(event.kind, error=error)
                 self.tracker.settle(call, event.attempt, written)
+        # Read the finished calls' statuses as a listing round does: in parallel, in runs per I/O thread.
+        for (_, call, attempt, _), outcome in zip(done, self._fetch_all(done), strict=True):
+            if outcome is not None:  # not visible yet: the listing finds it
+                self.tracker.settle(call, attempt, outcome)
 
     def _poll(self, jobs: list[Job]) -> tuple[bool, float]:
         """Report the attempts whose status appeared; return whether any did, and the listing's cost."""
