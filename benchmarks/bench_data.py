@@ -905,28 +905,35 @@ def main() -> None:
     if args.here:
         run_here(args.backends[0], args)
         return
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        for backend in args.backends or BACKENDS:
-            python = interpreter_for(backend)
-            if python is None:
-                print(f"\n{backend}: skipped: pywren_{backend} is not installed here and "
-                      f".nox/plugin-plugin-{backend} does not exist (nox -s \"plugin(plugin='{backend}')\" makes it)")
-                continue
-            print(f"## {backend} ({python})", file=sys.stderr, flush=True)
-            # The core and the plugin from this tree, whatever copies the interpreter has installed.
-            path = [str(ROOT), str(ROOT / "plugins" / f"pywren_{backend}"), os.environ.get("PYTHONPATH", "")]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
-            out = Path(tmp) / f"{backend}.json"
-            command = [python, __file__, backend, "--here", "--json-out", str(out)] + [
-                f"--{name.replace('_', '-')}={','.join(value) if isinstance(value, list) else value}"
-                for name, value in vars(args).items()
-                if name not in ("backends", "here", "json_out") and value is not None]
-            if subprocess.run(command, check=False, env=env).returncode == 0 and out.exists():
-                results.append(json.loads(out.read_text()))
-            else:
-                print(f"\n{backend}: failed (see above)")
+    results = [r for r in (run_elsewhere(__file__, backend, args) for backend in args.backends or BACKENDS) if r]
     report(results, args)
+
+
+def run_elsewhere(script: str, backend: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run ``script BACKEND --here`` with ``args`` in the backend's interpreter (this one for local;
+    else bench_invoke's choice), this tree's core and plugin first on the path, and return the
+    JSON it writes; None, having said why, when it cannot run or fails."""
+    python = interpreter_for(backend)
+    if python is None:
+        print(f"\n{backend}: skipped: pywren_{backend} is not installed here and "
+              f".nox/plugin-plugin-{backend} does not exist (nox -s \"plugin(plugin='{backend}')\" makes it)")
+        return None
+    print(f"## {backend} ({python})", file=sys.stderr, flush=True)
+    # The core and the plugin from this tree, whatever copies the interpreter has installed.
+    path = [str(ROOT), str(ROOT / "plugins" / f"pywren_{backend}"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        out = Path(tmp) / f"{backend}.json"
+        command = [python, script, backend, "--here", "--json-out", str(out)]
+        for name, value in vars(args).items():
+            flag = f"--{name.replace('_', '-')}"
+            if name in ("backends", "here", "json_out") or value is None or value is False:
+                continue
+            command.append(flag if value is True else f"{flag}={','.join(value) if isinstance(value, list) else value}")
+        if subprocess.run(command, check=False, env=env).returncode == 0 and out.exists():
+            return json.loads(out.read_text())
+    print(f"\n{backend}: failed (see above)")
+    return None
 
 
 if __name__ == "__main__":

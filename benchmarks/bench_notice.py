@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_data import PLATFORMS, ROOT, interpreter_for  # noqa: E402
+from bench_data import PLATFORMS, run_elsewhere  # noqa: E402
 
 BACKENDS = ("local", "aws", "gcp", "azure")
 
@@ -92,7 +92,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             cells = []
             for kind in ("push", "listing"):
                 notices = sorted(n for run in runs[kind] for n in run["notices"])
-                p90 = notices[int(0.9 * (len(notices) - 1))]
+                p90 = notices[math.ceil(0.9 * (len(notices) - 1))]
                 per_call = statistics.median(run["listings_per_call"] for run in runs[kind])
                 cells += [f"{statistics.median(notices) * 1000:.0f} / {p90 * 1000:.0f} ms", f"{per_call:.2f}"]
             load = "-".join(f"{x:.1f}" for x in result["load"])
@@ -111,22 +111,7 @@ def main() -> None:
     if args.here:
         run_here(args.backends[0], args)
         return
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-notice-") as tmp:
-        for backend in args.backends or BACKENDS:
-            python = interpreter_for(backend)
-            if python is None:
-                print(f"{backend}: skipped: no interpreter with pywren_{backend} (see bench_data.py)")
-                continue
-            path = [str(ROOT), str(ROOT / "plugins" / f"pywren_{backend}"), os.environ.get("PYTHONPATH", "")]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
-            out = Path(tmp) / f"{backend}.json"
-            command = [python, __file__, backend, "--here", "--json-out", str(out),
-                       f"--calls={args.calls}", f"--rounds={args.rounds}", f"--longest={args.longest}"]
-            if subprocess.run(command, check=False, env=env).returncode == 0 and out.exists():
-                results.append(json.loads(out.read_text()))
-            else:
-                print(f"{backend}: failed (see above)")
+    results = [r for r in (run_elsewhere(__file__, backend, args) for backend in args.backends or BACKENDS) if r]
     report(results, args)
 
 

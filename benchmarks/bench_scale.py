@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_data import PLATFORMS, ROOT, interpreter_for  # noqa: E402
+from bench_data import PLATFORMS, run_elsewhere  # noqa: E402
 
 BACKENDS = ("local", "aws", "gcp", "azure")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -103,27 +102,15 @@ def main() -> None:
         return
     print("| backend | calls | seconds | calls/s | client CPU µs/call | platform CPU µs/call | runs | "
           "client peak MB | load |\n|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        for backend in args.backends or BACKENDS:
-            python = interpreter_for(backend)
-            if python is None:
-                print(f"| {backend} | skipped: no interpreter with pywren_{backend} (see bench_data.py) |")
-                continue
-            path = [str(ROOT), str(ROOT / "plugins" / f"pywren_{backend}"), os.environ.get("PYTHONPATH", "")]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
-            out = Path(tmp) / f"{backend}.json"
-            command = [python, __file__, backend, "--here", "--json-out", str(out), f"--calls={args.calls}"]
-            if args.first_case_only:
-                command.append("--first-case-only")
-            if subprocess.run(command, check=False, env=env).returncode != 0 or not out.exists():
-                print(f"| {backend} | failed (see above) |")
-                continue
-            result = json.loads(out.read_text())
-            load = "-".join(f"{x:.1f}" for x in result["load"])
-            for name, r in result["cases"].items():
-                print(f"| {name} | {r['calls']:,} | {r['seconds']:.1f} | {r['calls_per_s']:,.0f} | "
-                      f"{r['client_cpu_us']:.0f} | {r['platform_cpu_us']:.0f} | {r['runs']:,} | "
-                      f"{r['client_peak_mb']:.0f} | {load} |", flush=True)
+    for backend in args.backends or BACKENDS:
+        result = run_elsewhere(__file__, backend, args)
+        if result is None:
+            continue
+        load = "-".join(f"{x:.1f}" for x in result["load"])
+        for name, r in result["cases"].items():
+            print(f"| {name} | {r['calls']:,} | {r['seconds']:.1f} | {r['calls_per_s']:,.0f} | "
+                  f"{r['client_cpu_us']:.0f} | {r['platform_cpu_us']:.0f} | {r['runs']:,} | "
+                  f"{r['client_peak_mb']:.0f} | {load} |", flush=True)
 
 
 if __name__ == "__main__":
