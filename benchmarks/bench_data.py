@@ -396,12 +396,12 @@ def azure_platform(work: Path, concurrency: int) -> Iterator[Platform]:
     from pywren_azure import deploy, plugin
     from servers import azurite_binary
 
-    from pywren_core.testing import LocalServer, free_port, http_status
+    from pywren_core.testing import LocalServer, free_port, free_ports, http_status
 
     account, key = "benchaccount", base64.b64encode(os.urandom(32)).decode()
     payload_key, function_key, queue_name = os.urandom(32).hex(), "bench-key", "pywren-bench"
     container, data_container = "pywren-bench", "pywren-bench-data"
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     argv = [str(azurite_binary()), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
             "--blobPort", str(ports[0]), "--queuePort", str(ports[1]), "--tablePort", str(ports[2]),
             "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"]

@@ -302,10 +302,10 @@ def azure_cases(work: Path) -> Iterator[list[Case]]:
     tests = _tests_on_path("azure")
     from servers import azurite_binary
 
-    from pywren_core.testing import LocalServer, free_port, http_status
+    from pywren_core.testing import LocalServer, free_port, free_ports, http_status
 
     account, key = "benchaccount", base64.b64encode(os.urandom(32)).decode()
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     argv = [str(azurite_binary()), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
             "--blobPort", str(ports[0]), "--queuePort", str(ports[1]), "--tablePort", str(ports[2]),
             "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"]

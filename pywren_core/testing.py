@@ -1172,9 +1172,17 @@ class DataConformance(_Isolated):
 
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that is free now (another process may still take it before yours binds)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports of 127.0.0.1, for one server that listens on several. Each is held
+    until all are chosen: picked one after another, the system may hand out the same port twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def http_status(url: str, timeout: float = 5.0) -> int:

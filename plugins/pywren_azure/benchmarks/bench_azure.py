@@ -35,7 +35,7 @@ from servers import azurite_binary  # noqa: E402
 
 import pywren_core as pw  # noqa: E402
 from pywren_core.protocol import new_id  # noqa: E402
-from pywren_core.testing import LocalServer, free_port, http_status, open_session  # noqa: E402
+from pywren_core.testing import LocalServer, free_port, free_ports, http_status, open_session  # noqa: E402
 
 ACCOUNT = "benchaccount"
 KEY = base64.b64encode(os.urandom(32)).decode()
@@ -49,7 +49,7 @@ def noop(x: int) -> int:
 
 
 def start_servers(workdir: Path, concurrency: int) -> tuple[list[LocalServer], str, str]:
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     argv = [str(azurite_binary()), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
             "--blobPort", str(ports[0]), "--queuePort", str(ports[1]), "--tablePort", str(ports[2]),
             "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"]

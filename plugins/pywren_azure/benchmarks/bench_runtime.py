@@ -41,7 +41,7 @@ from pywren_core import config as config_module  # noqa: E402
 from pywren_core import runtime  # noqa: E402
 from pywren_core.bench import workloads  # noqa: E402
 from pywren_core.plugins import load_backend  # noqa: E402
-from pywren_core.testing import LocalServer, free_port, http_status  # noqa: E402
+from pywren_core.testing import LocalServer, free_port, free_ports, http_status  # noqa: E402
 
 APP = "pywren-bench"
 RUNTIMES = {"numpy": {"requirements": ["numpy"]}}
@@ -78,7 +78,7 @@ def main() -> None:
     figures["runtime"] = built.name
     figures["runtime_unpacked_mb"] = built.manifest["size_bytes"] / 1e6
 
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     argv = [str(azurite_binary()), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
             "--blobPort", str(ports[0]), "--queuePort", str(ports[1]), "--tablePort", str(ports[2]),
             "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"]

@@ -26,7 +26,7 @@ from azure.storage.blob import BlobServiceClient
 from pywren_azure import deploy, plugin
 from servers import azurite_binary
 
-from pywren_core.testing import LocalServer, free_port, http_status, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
+from pywren_core.testing import LocalServer, free_port, free_ports, http_status, isolated_pywren  # noqa: F401  (autouse: the machine's pywren setup stays out)
 
 ACCOUNT = "pywrentest"
 PLANTED_ACCOUNT_KEY = base64.b64encode(b"PLANTED-ACCOUNT-KEY-" + secrets.token_hex(12).encode()).decode()
@@ -74,7 +74,7 @@ class FunctionsHost:
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     binary = azurite_binary()
-    blob_port, queue_port, table_port = free_port(), free_port(), free_port()
+    blob_port, queue_port, table_port = free_ports(3)
     workdir = tmp_path_factory.mktemp("azurite")
     argv = [
         str(binary), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
