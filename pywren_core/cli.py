@@ -85,13 +85,8 @@ def _runtime(cfg: config_module.Config, backend: Backend, upgrade: bool = False,
     """The configured runtime, built for the backend's platform when missing (None: none configured)."""
     from pywren_core import runtime
 
-    spec = runtime.RuntimeSpec.from_config(cfg.runtime, cfg.runtimes, cfg.sources.get("runtime", "config"))
-    if not spec.requirements and not spec.image:
-        return None
-    if backend.info.platform is None:
-        return runtime.for_config(cfg, backend.info)  # the error that says so
     say = lambda text: print(f"pywren: {text}", file=sys.stderr)
-    return runtime.build(spec, backend.info.platform, upgrade=upgrade, installer=installer, log=say)
+    return runtime.for_config(cfg, backend.info, log=say, upgrade=upgrade, installer=installer)
 
 
 def cmd_runtime(args: argparse.Namespace) -> int:

@@ -338,8 +338,10 @@ def built() -> list[Runtime]:
     return sorted(found, key=lambda r: -r.manifest.get("built_at", 0))
 
 
-def for_config(config: Any, info: Any, log: Any = None) -> Runtime | None:
-    """The runtime an executor's config asks for, built when missing; None when it asks for none."""
+def for_config(config: Any, info: Any, log: Any = None, *, upgrade: bool = False,
+               installer: str | None = None) -> Runtime | None:
+    """The runtime a config asks for (an executor's, a command's), built when missing; None when it
+    asks for none."""
     spec = RuntimeSpec.from_config(config.runtime, config.runtimes, config.sources.get("runtime", "config"))
     if not spec.requirements and not spec.image:
         return None
@@ -351,7 +353,7 @@ def for_config(config: Any, info: Any, log: Any = None) -> Runtime | None:
     if spec.image and not info.platform.image_base:
         where = config.sources.get("runtime", "config")
         raise ConfigError(f"{where}: the {info.name} backend takes no container images")
-    return build(spec, info.platform, log=log)
+    return build(spec, info.platform, upgrade=upgrade, installer=installer, log=log)
 
 
 def build(spec: RuntimeSpec, platform: Platform, *, upgrade: bool = False, installer: str | None = None,
