@@ -347,6 +347,7 @@ def aws_platform(work: Path, concurrency: int) -> Iterator[Platform]:
         lam = aws_services.start_lambda(work, function, aws_services.lambda_env(moto.url, work, credentials),
                                         runtimes=concurrency, timeout=900)
         os.environ["AWS_ENDPOINT_URL_LAMBDA"] = lam.url
+        os.environ["AWS_ENDPOINT_URL_SQS"] = moto.url  # the completion-notice queues
         config = {"backend": "aws", "aws": {"bucket": bucket, "region": region, "function_name": function,
                                             "endpoint_url": moto.url}}
         env = {**credentials, "AWS_DEFAULT_REGION": region, "AWS_ENDPOINT_URL_S3": moto.url,

@@ -210,6 +210,7 @@ def aws_cases(work: Path) -> Iterator[list[Case]]:
     lam = aws_services.start_lambda(work, function, aws_services.lambda_env(moto.url, work, {}), runtimes=0)
     try:
         os.environ["AWS_ENDPOINT_URL_LAMBDA"] = lam.url
+        os.environ["AWS_ENDPOINT_URL_SQS"] = moto.url  # the completion-notice queues
         boto3.client("s3", endpoint_url=moto.url).create_bucket(Bucket=bucket)
         config = {"backend": "aws", "aws": {"bucket": bucket, "region": region, "function_name": function,
                                             "endpoint_url": moto.url}}

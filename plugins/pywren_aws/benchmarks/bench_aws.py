@@ -113,6 +113,7 @@ def main() -> None:
     moto = aws_services.start_moto(logs)
     lam = aws_services.start_lambda(logs, FUNCTION, aws_services.lambda_env(moto.url, logs, {}), runtimes=0)
     os.environ["AWS_ENDPOINT_URL_LAMBDA"] = lam.url
+    os.environ["AWS_ENDPOINT_URL_SQS"] = moto.url  # the completion-notice queues
     try:
         raw_s3 = boto3.client("s3", endpoint_url=moto.url, config=Config(max_pool_connections=64))
         raw_s3.create_bucket(Bucket=BUCKET)

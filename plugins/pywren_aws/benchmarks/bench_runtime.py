@@ -96,6 +96,7 @@ def main() -> None:
         logs.mkdir()
         moto = aws_services.start_moto(logs)
         try:
+            os.environ["AWS_ENDPOINT_URL_SQS"] = moto.url  # the completion-notice queues
             boto3.client("s3", endpoint_url=moto.url, region_name=REGION).create_bucket(Bucket=BUCKET)
             iam = boto3.client("iam", endpoint_url=moto.url, region_name=REGION)
             role = iam.create_role(RoleName="bench", AssumeRolePolicyDocument="{}")["Role"]["Arn"]

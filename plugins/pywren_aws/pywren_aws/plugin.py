@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError, NoRegionError, ReadTimeoutError
-from pywren_core.backend import REQUIRED, BackendInfo, ConfigField, Limits, Platform
+from pywren_core.backend import REQUIRED, BackendInfo, CallEvent, ConfigField, Limits, Platform
 from pywren_core.errors import AmbiguousInvokeError, ConfigError, InvokeError
 from pywren_core.hookspecs import hookimpl
 
-from pywren_aws import storage
+from pywren_aws import notice, storage
 from pywren_aws.errors import DATA_NOT_FOUND, error_code, mapped
 
 HANDLER = "pywren_aws.handler.lambda_handler"
@@ -71,6 +71,9 @@ CONFIG = (
     ConfigField("memory", int, 1024, help="function memory in MB, set by `pywren deploy`"),
     ConfigField("function_timeout", int, 900, help="function time limit in seconds, set by `pywren deploy`"),
     ConfigField("architecture", str, "x86_64", help="x86_64 or arm64, set by `pywren deploy`"),
+    ConfigField("notices", bool, True,
+                help="the function posts each finished call to an SQS queue of the client's own, so the client "
+                     "notices it at once; false: the client lists the bucket only"),
 )
 
 
@@ -92,6 +95,7 @@ def pywren_backend_info() -> BackendInfo:
         features={
             "storage": "S3 (and S3-compatible stores)",
             "trigger": "Lambda asynchronous invoke (InvocationType=Event)",
+            "completion": "an SQS queue per client that the function posts to, long-polled (aws.notices)",
             "isolation": "one invocation per sandbox at a time, a working directory per call",
         },
     )
@@ -105,6 +109,8 @@ class AwsSession:
     boto: boto3.session.Session
     s3: Any
     lambda_: Any = None
+    #: Where the function reports finished calls to this client (``aws.notices``); clients only.
+    notices: notice.NoticeQueue | None = None
     #: The runtime (``pywren_core.runtime.Runtime``) the calls run in, or None: the default package.
     runtime: Any = None
 
@@ -134,7 +140,7 @@ def function_name(base: str, runtime: Any) -> str:
 
 
 @hookimpl
-def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> AwsSession:
+def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any, notify: Callable[[], None]) -> AwsSession:
     s3_config = Config(max_pool_connections=S3_POOL, retries={"mode": "standard", "total_max_attempts": S3_TRIES})
     # Opening a session reads the profile, and making a client resolves credentials: a missing profile
     # or half-set credentials fail here.
@@ -162,6 +168,8 @@ def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> AwsSes
                 "aws.region is not set and boto3 found no default region (AWS_REGION, AWS_DEFAULT_REGION "
                 "or ~/.aws/config): set aws.region"
             ) from None
+        if config["notices"]:
+            session.notices = notice.NoticeQueue(boto, notify)
     return session
 
 
@@ -222,7 +230,9 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
     sent, AmbiguousInvokeError; an endpoint that cannot be reached at all, InvokeError naming it.
     """
     name = session.function_name
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    queue_url = session.notices.url if session.notices is not None else None
+    event = {**payload, notice.EVENT_KEY: queue_url} if queue_url else payload
+    body = json.dumps(event, separators=(",", ":")).encode()
     what = f"Lambda invoke of {name} at {session.lambda_.meta.endpoint_url}"
     with mapped(what, default=InvokeError):
         try:
@@ -245,6 +255,18 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
 
 
 @hookimpl
+def pywren_prepare(session: AwsSession) -> None:
+    """An executor opens: create its notice queue in the background (invocations carry its URL once it exists)."""
+    if session.notices is not None:
+        session.notices.start()
+
+
+@hookimpl
+def pywren_poll_events(session: AwsSession) -> list[CallEvent]:
+    return session.notices.events() if session.notices is not None else []
+
+
+@hookimpl
 def pywren_deploy(session: AwsSession, config: Mapping[str, Any]) -> str:
     from pywren_aws import deploy
 
@@ -260,6 +282,8 @@ def pywren_remove(session: AwsSession, config: Mapping[str, Any]) -> str:
 
 @hookimpl
 def pywren_close(session: AwsSession) -> None:
+    if session.notices is not None:
+        session.notices.close()
     session.s3.close()
     if session.lambda_ is not None:
         session.lambda_.close()

@@ -76,6 +76,7 @@ def lambda_env(moto_url: str, task_root: Path, credentials: dict[str, str]) -> d
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYWREN_"))}
     env.update(credentials)
     env.update(AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=moto_url,
+               AWS_ENDPOINT_URL_SQS=moto_url,
                LAMBDA_TASK_ROOT=str(task_root), AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
     return env
 

@@ -41,6 +41,9 @@ def aws_environment() -> Iterator[None]:
         mp.setenv("AWS_DEFAULT_REGION", REGION)
         mp.setenv("AWS_CONFIG_FILE", os.devnull)
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        # Any AWS service a test does not point at a local server goes to a closed port of this machine,
+        # never to AWS.
+        mp.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
         yield
 
 
@@ -51,8 +54,11 @@ def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def moto(service_logs: Path) -> Iterator[LocalServer]:
+    """moto; the clients' SQS (the completion-notice queues) reaches it by AWS_ENDPOINT_URL_SQS."""
     service = aws_services.start_moto(service_logs)
-    yield service
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL_SQS", service.url)
+        yield service
     service.stop()
 
 

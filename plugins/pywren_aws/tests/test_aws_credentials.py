@@ -23,7 +23,8 @@ def pywren(argv: list[str], tmp_path: Path, moto: LocalServer, lambda_server: Lo
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYWREN_"))}
     env.update(HOME=str(tmp_path), AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE=os.devnull,
                AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true",
-               AWS_ENDPOINT_URL_S3=moto.url, AWS_ENDPOINT_URL_LAMBDA=lambda_server.url, PYWREN_BACKEND="aws",
+               AWS_ENDPOINT_URL_S3=moto.url, AWS_ENDPOINT_URL_LAMBDA=lambda_server.url,
+               AWS_ENDPOINT_URL_SQS=moto.url, PYWREN_BACKEND="aws",
                PYWREN_AWS_BUCKET=BUCKET, PYWREN_AWS_FUNCTION_NAME=FUNCTION,
                PYWREN_AWS_ROLE_ARN="arn:aws:iam::123456789012:role/pywren", **aws)
     return subprocess.run([sys.executable, "-m", "pywren_core.cli", *argv], env=env, cwd=tmp_path,

@@ -19,7 +19,8 @@ import pytest
 PLUGIN = Path(__file__).resolve().parent.parent
 README = PLUGIN / "README.md"
 #: Who makes the calls in each module: the function's role ("runner"), the user's client, the deployer.
-CALLERS = {"storage.py": ("runner", "client"), "plugin.py": ("client",), "deploy.py": ("deployer",)}
+CALLERS = {"storage.py": ("runner", "client"), "plugin.py": ("client",), "deploy.py": ("deployer",),
+           "notice.py": ("client",), "handler.py": ("runner",)}
 #: Operations whose IAM action is not the service prefix plus the operation's name.
 ACTIONS = {
     "s3:ListObjectsV2": "s3:ListBucket",
@@ -30,6 +31,7 @@ ACTIONS = {
     "s3:UploadPart": "s3:PutObject",
     "s3:CompleteMultipartUpload": "s3:PutObject",
     "lambda:Invoke": "lambda:InvokeFunction",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
 }
 
 
@@ -41,7 +43,7 @@ def policies() -> dict[str, Any]:
 
 def calls() -> dict[str, set[str]]:
     """IAM actions of the AWS operations each module of the plugin calls."""
-    clients = {service: boto3.client(service, region_name="us-east-1") for service in ("s3", "lambda")}
+    clients = {service: boto3.client(service, region_name="us-east-1") for service in ("s3", "lambda", "sqs")}
     methods = {m: (s, op) for s, c in clients.items() for m, op in c.meta.method_to_api_mapping.items()}
     by_operation = {operation: method for method, operation in methods.items()}
     found: dict[str, set[str]] = {}
@@ -82,6 +84,8 @@ def test_the_scan_finds_the_calls_it_must():
     assert {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:DeleteObject"} <= found["storage.py"]
     assert "lambda:InvokeFunction" in found["plugin.py"]
     assert {"lambda:CreateFunction", "lambda:GetFunction", "s3:CreateBucket"} <= found["deploy.py"]
+    assert {"sqs:CreateQueue", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:DeleteQueue"} <= found["notice.py"]
+    assert found["handler.py"] == {"sqs:SendMessage"}
 
 
 @pytest.mark.parametrize("module", sorted(calls()))
