@@ -14,27 +14,29 @@ longer than a piece leaves the pieces it covers empty.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
 
-from pywren_core.backend import Session
+from pywren_core.backend import Session, retry_throttled
 from pywren_core.errors import NotFoundError, ObjectChangedError, StorageError, URLError
 
 #: Schemes of the backends this project publishes, for an error that names who serves a URL.
 KNOWN_SCHEMES = {"s3": "aws", "gs": "gcp", "az": "azure", "abfs": "azure", "file": "local"}
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
-#: Bytes read past a piece's end in its first request, so that its last line usually needs no second.
+#: Bytes a piece's stream reaches past its end, so that its last line usually ends inside it.
 _TAIL_ROOM = 64 * 2**10
-#: Bytes of a first read looking for a line boundary (doubled while no line ends in them).
+#: Bytes of a read looking for a line boundary (a ranged read's first size, doubled while no line ends in it).
 _PROBE = 64 * 2**10
-#: The buffer of ``DataPiece.open()``: a read of this much or more goes from the block read straight
-#: into the bytes returned, one copy; smaller reads and lines go through the buffer.
+#: The buffer of ``DataPiece.open()``: a read of this much or more goes from the stream straight into
+#: the bytes returned; smaller reads and lines go through the buffer.
 _BUFFER = 64 * 2**10
 
 
@@ -133,8 +135,22 @@ class Storage:
         for bucket, keys in by_bucket.items():
             self.session.data_delete(bucket, keys)
 
+    def stream(self, url: str, byte_range: tuple[int, int], block: int | None = None) -> Any:
+        """Bytes ``[start, end)`` of the object as a readable binary file object, read as it is
+        consumed: one ranged GET (the backend's ``pywren_data_open``), or for a backend without that
+        hook ranged reads of ``block`` bytes (``data_block_size``) one after another. Close it."""
+        _, bucket, key = self.parse(url)
+        start, end = byte_range
+        if end <= start:  # still NotFoundError for a missing object
+            return io.BytesIO(self.session.data_get(bucket, key, (start, end)))
+        # Session has no method for this optional hook: it is called as Session calls the others.
+        stream = retry_throttled(
+            lambda: self.session._call("pywren_data_open", bucket=bucket, key=key, byte_range=(start, end))
+        )
+        return BlockStream(self, url, start, end, block or self.block_size) if stream is None else stream
+
     def open(self, url: str, size: int | None = None) -> io.BufferedReader:
-        """A binary file object that streams the object in ranged reads of ``data_block_size``."""
+        """A binary file object over the whole object, streamed (see :meth:`stream`)."""
         if size is None:
             scheme, bucket, key = self.parse(url)
             found = [s for k, s in self.session.data_list(bucket, key) if k == key]
@@ -187,9 +203,9 @@ class DataPiece:
         return call.storage
 
     def open(self, aligned: bool = True) -> io.BufferedReader:
-        """A binary file object over exactly this piece's lines, read from storage as it goes."""
-        storage = self._storage()
-        return io.BufferedReader(_PieceReader(self, storage, storage.block_size, aligned), _BUFFER)
+        """A binary file object over exactly this piece's lines, streamed from storage as it is read
+        (one ranged GET where the backend has ``pywren_data_open``); closing it closes the stream."""
+        return io.BufferedReader(_PieceReader(self, self._storage(), aligned), _BUFFER)
 
     def read(self) -> bytes:
         """All of this piece's bytes.
@@ -202,9 +218,9 @@ class DataPiece:
         storage = self._storage()
         start, end = self.byte_range
         if end - start <= storage.block_size:
-            block = max(1, end - start + 1 + _TAIL_ROOM)
-            return b"".join(_PieceReader(self, storage, block, True).blocks())
-        reader = _PieceReader(self, storage, storage.block_size, True)
+            with _PieceReader(self, storage, True, block=end - start + 1 + _TAIL_ROOM) as reader:
+                return reader.readall()
+        reader = _PieceReader(self, storage, True)
         low = reader.line_start(start, end)
         if low >= end:
             return b""  # the first line beginning here belongs to a later piece
@@ -219,45 +235,138 @@ class DataPiece:
 
 
 class _PieceReader(io.RawIOBase):
-    """The bytes of a piece, fetched in ranged reads of ``block`` bytes as they are consumed."""
+    """The bytes of a piece (see the module's docstring for which), read from one stream.
 
-    def __init__(self, piece: DataPiece, storage: Storage, block: int, aligned: bool):
-        self.piece, self.storage, self.block, self.aligned = piece, storage, block, aligned
-        self._blocks: Iterator[memoryview] | None = None
+    Aligned, the stream covers the byte before the piece's start (where the line before ends) to
+    ``_TAIL_ROOM`` past its end, where its last line usually ends. The middle passes straight from
+    the stream into the caller's buffer; only the two ends are read in small chunks and cut. A last
+    line that runs past the stream is read on in small ranged reads.
+    """
+
+    def __init__(self, piece: DataPiece, storage: Storage, aligned: bool, block: int | None = None):
+        self._stream: Any = None
+        self.piece, self.storage, self.block = piece, storage, block
+        start, end = piece.byte_range
+        #: The object's offset of the next byte the stream gives, and where the stream ends.
+        self.pos = start - 1 if aligned and start > 0 else start
+        self.stop = min(piece.size, end + _TAIL_ROOM) if aligned else end
+        #: Looking for the first line beginning at or after start: just past the first "\n" at or after start - 1.
+        self.skipping = aligned and start > 0
+        #: Bytes before this offset are the piece's once skipping is over: its last line ends just past
+        #: the first "\n" at or after end - 1.
+        self.open_until = end - 1 if aligned else end
+        self.done = self.pos >= self.stop
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
-    def _current(self) -> memoryview:
-        """What is left of the block being read, the next block when that is used up; empty at the end."""
-        if self._blocks is None:
-            self._blocks = self.blocks()
-        while not len(self._pending):
-            block = next(self._blocks, None)
-            if block is None:
-                break
-            self._pending = block
-        return self._pending
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        super().close()
+
+    def _source(self) -> Any:
+        if self._stream is None:
+            self._stream = self.storage.stream(self.piece.url, (self.pos, self.stop), self.block)
+        return self._stream
+
+    def _passing(self) -> int:
+        """How many bytes may pass from the stream uncut, now."""
+        return 0 if self.skipping or self._pending else max(0, self.open_until - self.pos)
 
     def readinto(self, buffer: Any) -> int:
-        pending = self._current()
-        n = min(len(buffer), len(pending))
-        buffer[:n] = pending[:n]
-        self._pending = pending[n:]
-        return n
+        view = memoryview(buffer).cast("B")
+        while True:
+            if len(self._pending):
+                n = min(len(view), len(self._pending))
+                view[:n] = self._pending[:n]
+                self._pending = self._pending[n:]
+                return n
+            if self.done or not len(view):
+                return 0
+            passing = self._passing()
+            if passing:
+                source = self._source()
+                readinto = getattr(source, "readinto", None)
+                n = readinto(view[:passing]) if readinto else _copy(source.read(min(passing, len(view))), view)
+                self._advance(n or 0, passing)
+                return n or 0
+            self._cut_next()
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             return self.readall()
-        pending = self._current()
-        self._pending = pending[size:]
-        return pending[:size].tobytes()
+        while not len(self._pending) and not self.done:
+            passing = self._passing()
+            if passing:
+                data = self._source().read(min(size, passing))
+                self._advance(len(data), passing)
+                return data
+            self._cut_next()
+        data = self._pending[:size].tobytes()
+        self._pending = self._pending[size:]
+        return data
 
     def readall(self) -> bytes:
-        rest = [self._current(), *(self._blocks or ())]
-        self._pending = memoryview(b"")
-        return b"".join(rest)
+        """The rest of the piece: its middle in one read from the stream, joined to its ends (one copy)."""
+        parts = []
+        while True:
+            if len(self._pending):
+                parts.append(self._pending)
+                self._pending = memoryview(b"")
+            if self.done:
+                return b"".join(parts)
+            passing = self._passing()
+            if passing:
+                data = self._source().read(passing)
+                self._advance(len(data), passing)
+                parts.append(data)
+            else:
+                self._cut_next()
+
+    def _advance(self, n: int, wanted: int) -> None:
+        if not n and wanted:
+            self._ended()
+        self.pos += n
+
+    def _ended(self) -> None:
+        """The stream ended at ``pos``: the object shrank, or the piece's last line runs past the stream."""
+        if self.pos < self.stop:
+            raise ObjectChangedError(
+                f"{self.piece.url} changed since the map was planned: it was {self.piece.size} bytes, "
+                f"and its bytes {self.pos}-{self.stop} could not be read"
+            )
+        if self.stop >= self.piece.size or self.open_until == self.piece.byte_range[1]:
+            self.done = True  # the end of the object, or of an unaligned range
+            return
+        self._stream.close()
+        self._stream = _LineEnd(self.storage, self.piece.url, self.pos, self.piece.size)
+        self.stop = self.piece.size
+
+    def _cut_next(self) -> None:
+        """Read a small chunk at either end of the piece and keep what belongs to it in ``_pending``."""
+        data = self._source().read(_PROBE)
+        if not data:
+            self._ended()
+            return
+        base = self.pos
+        self.pos += len(data)
+        low = 0
+        if self.skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self.done = self.pos >= self.piece.byte_range[1]  # no line begins inside the piece
+                return
+            low, self.skipping = newline + 1, False
+            if base + low >= self.piece.byte_range[1]:
+                self.done = True  # the first line beginning here belongs to a later piece
+                return
+        newline = data.find(b"\n", max(low, self.open_until - base)) if self.pos > self.open_until else -1
+        if newline >= 0:
+            self._pending, self.done = memoryview(data)[low : newline + 1], True
+        else:
+            self._pending = memoryview(data)[low:]
 
     def line_start(self, pos: int, stop: int) -> int:
         """Where the first line beginning at or after ``pos`` begins (just past the first "\\n" at or
@@ -282,38 +391,137 @@ class _PieceReader(io.RawIOBase):
             )
         return data
 
-    def blocks(self) -> Iterator[memoryview]:
-        """The piece as views of the blocks read (see the module's docstring for the rule): views,
-        so that cutting a block to the piece's lines copies nothing."""
-        start, end = self.piece.byte_range
-        size = self.piece.size
-        if not self.aligned:
-            for pos in range(start, end, self.block):
-                yield memoryview(self.fetch(pos, min(end, pos + self.block)))
+
+def _copy(data: bytes, view: memoryview) -> int:
+    view[: len(data)] = data
+    return len(data)
+
+
+class BlockStream(io.RawIOBase):
+    """Bytes ``[start, end)`` of an object in ranged reads of ``block`` bytes, one after another: the
+    stream of a backend without ``pywren_data_open``. Each ``read`` gives at most what is left of a block."""
+
+    def __init__(self, storage: Any, url: str, start: int, end: int, block: int):
+        self.storage, self.url, self.pos, self.end, self.block = storage, url, start, end, block
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _current(self) -> memoryview:
+        if not len(self._pending) and self.pos < self.end:
+            data = self.storage.get(self.url, (self.pos, min(self.end, self.pos + self._next_size())))
+            self.pos += len(data)
+            self.end = self.pos if not data else self.end  # the object ends early: the reader says so
+            self._pending = memoryview(data)
+        return self._pending
+
+    def _next_size(self) -> int:
+        return self.block
+
+    def readinto(self, buffer: Any) -> int:
+        pending = self._current()
+        n = min(len(buffer), len(pending))
+        memoryview(buffer).cast("B")[:n] = pending[:n]
+        self._pending = pending[n:]
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        pending = self._current()
+        self._pending = pending[size:]
+        return pending[:size].tobytes()
+
+    def readall(self) -> bytes:
+        parts = []
+        while len(self._current()):
+            parts.append(self._pending)
+            self._pending = memoryview(b"")
+        return b"".join(parts)
+
+
+class _LineEnd(BlockStream):
+    """The rest of a line that runs past a piece's stream: ranged reads from ``_PROBE`` bytes, doubling
+    up to ``data_block_size``, so that a long line costs a few requests and a short one a small one."""
+
+    def __init__(self, storage: Any, url: str, start: int, end: int):
+        super().__init__(storage, url, start, end, _PROBE)
+
+    def _next_size(self) -> int:
+        size, self.block = self.block, min(2 * self.block, self.storage.block_size)
+        return size
+
+
+class FileRange(io.RawIOBase):
+    """Bytes ``[start, end)`` of a file as a stream: what ``pywren_data_open`` returns for objects
+    that are files (``local``, the folder example). Reads go from the file into the caller's buffer."""
+
+    def __init__(self, path: str, byte_range: tuple[int, int]):
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed with this stream)
+        self.file.seek(byte_range[0])
+        self.left = max(0, byte_range[1] - byte_range[0])
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.file.readinto(memoryview(buffer).cast("B")[: self.left]) or 0
+        self.left -= n
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.file.read(wanted) or b""
+        self.left -= len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+class SDKStream(io.RawIOBase):
+    """An SDK's response body as the stream ``pywren_data_open`` returns: what reading raises goes
+    through ``errors`` (the plugin's mapping of its SDK's errors to pywren's, a context manager),
+    and closing this closes the body. Given the range's ``length``, closing with at most
+    ``_TAIL_ROOM`` bytes unread reads them first, so that the connection can serve the next request."""
+
+    def __init__(self, body: Any, errors: Callable[[], AbstractContextManager[Any]], length: int | None = None):
+        self.body, self.errors, self.left = body, errors, length
+
+    def readable(self) -> bool:
+        return True
+
+    def _count(self, n: int) -> int:
+        if self.left is not None:
+            self.left -= n
+        return n
+
+    def readinto(self, buffer: Any) -> int:
+        with self.errors():
+            return self._count(self.body.readinto(buffer))
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self.errors():
+            data = self.body.read(None if size is None or size < 0 else size)
+        self._count(len(data))
+        return data
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def close(self) -> None:
+        if self.closed:
             return
-        # Skip to the first line beginning at or after start: just past the first "\n" at or
-        # after start - 1.
-        pos = start - 1 if start > 0 else 0
-        skipping = start > 0
-        while pos < size:
-            base = pos
-            data = self.fetch(pos, min(size, pos + self.block))
-            block = memoryview(data)
-            pos += len(block)
-            low = 0
-            if skipping:
-                newline = data.find(b"\n")
-                if newline < 0:
-                    continue
-                low, skipping = newline + 1, False
-                if base + low >= end:
-                    return  # the first line beginning here belongs to a later piece
-            # The piece ends just past the first "\n" at or after end - 1.
-            newline = data.find(b"\n", max(low, end - 1 - base)) if end - 1 - base < len(data) else -1
-            if newline >= 0:
-                yield block[low : newline + 1]
-                return
-            yield block[low:]
+        with contextlib.suppress(Exception):  # a body closed mid-way may complain: it is closed all the same
+            if self.left is not None and 0 < self.left <= _TAIL_ROOM:
+                self.read()
+            self.body.close()
+        super().close()
 
 
 def plan(

@@ -98,7 +98,8 @@ def pywren_storage_delete(session: Any, keys: Sequence[str], backend: str) -> No
 
 
 # --- data where it lives: objects in any bucket the backend's credentials reach -----------------
-# Optional as a group: a backend that declares ``BackendInfo.data_schemes`` implements all four.
+# Optional as a group: a backend that declares ``BackendInfo.data_schemes`` implements the first four
+# (``pywren_data_open``, streaming, is optional on top of them).
 # The core parses URLs (``<scheme>://<bucket>/<key>``) and passes the bucket and key; ``local``
 # serves ``file://`` and plain paths with ``bucket`` empty and ``key`` an absolute path.
 
@@ -114,7 +115,25 @@ def pywren_data_list(session: Any, bucket: str, prefix: str, backend: str) -> It
 def pywren_data_get(session: Any, bucket: str, key: str, byte_range: tuple[int, int] | None, backend: str) -> bytes:
     """Data hook. The object, or bytes ``[start, end)`` of it, as ``pywren_storage_get`` (a range
     past the end returns what exists; a missing object raises ``NotFoundError``). The core streams
-    large objects through ranged calls of ``data_block_size`` bytes, so this never holds more."""
+    large objects through ``pywren_data_open`` or, without it, ranged calls of ``data_block_size``
+    bytes, so this never holds more."""
+
+
+@hookspec(firstresult=True)
+def pywren_data_open(session: Any, bucket: str, key: str, byte_range: tuple[int, int], backend: str) -> Any:
+    """Optional data hook. Bytes ``[start, end)`` of the object as a readable binary file object
+    over one ranged GET, read from the network as it is consumed, so a 1 GB range never needs 1 GB
+    of memory. ``DataPiece.open()`` and ``Storage.open`` read through it (``DataPiece.read()`` for a
+    piece of at most ``data_block_size``); without it they make ranged ``pywren_data_get`` calls of
+    ``data_block_size`` bytes one after another.
+
+    The object has ``read(n)`` (up to ``n`` bytes, ``b""`` at the end of the range) and ``close()``,
+    and ``readinto(buffer)`` where that saves a copy; :class:`pywren_core.data.SDKStream` makes one
+    of an SDK's response body, :class:`pywren_core.data.FileRange` of a file. A range past the end
+    gives what exists. Errors are those of ``pywren_data_get``, raised by the hook (a missing object
+    is ``NotFoundError`` naming the URL, throttling ``ThrottledError``, which the core retries) or by
+    the stream's reads (mapped too). The core closes the stream, often before its end: a piece
+    reads a little past its end to find where its last line ends."""
 
 
 @hookspec(firstresult=True)

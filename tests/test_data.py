@@ -5,6 +5,7 @@ by ``pywren_core.testing.DataConformance`` (tests/test_conformance_local.py runs
 from __future__ import annotations
 
 import collections
+import io
 import os
 
 import pytest
@@ -12,25 +13,50 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pywren_core as pw
-from pywren_core.data import DataPiece, Storage, is_data, plan
+from pywren_core.data import BlockStream, DataPiece, Storage, is_data, plan
 from pywren_core.errors import NotFoundError, ObjectChangedError, URLError
 from pywren_core.testing import count_words, expected_words, sum_counters, word_corpus
 
 
-class BytesStorage:
-    """One object in memory, read the way the core reads storage: by byte range, in blocks."""
+class Trickle(io.RawIOBase):
+    """A stream over bytes that gives at most ``most`` bytes a read, as a network body may."""
 
-    def __init__(self, data: bytes, block_size: int):
-        self.data, self.block_size, self.reads, self.last = data, block_size, 0, b""
+    def __init__(self, data: bytes, most: int):
+        self.data, self.most = memoryview(data), most
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.most, len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+class BytesStorage:
+    """One object in memory, read the way the core reads storage: by byte range, whole or in blocks,
+    and streamed (one stream a range, or, with ``streams=False``, ranged reads of a block)."""
+
+    def __init__(self, data: bytes, block_size: int, streams: bool = True):
+        self.data, self.block_size, self.streams, self.reads, self.last = data, block_size, streams, 0, b""
+        self.opened: list[Trickle] = []
 
     def get(self, url: str, byte_range: tuple[int, int]) -> bytes:
         self.reads += 1
         self.last = self.data[byte_range[0] : byte_range[1]]
         return self.last
 
+    def stream(self, url: str, byte_range: tuple[int, int], block: int | None = None) -> io.RawIOBase:
+        if not self.streams:
+            return BlockStream(self, url, *byte_range, block or self.block_size)
+        self.reads += 1
+        self.opened.append(Trickle(self.data[byte_range[0] : byte_range[1]], self.block_size))
+        return self.opened[-1]
 
-def pieces_of(data: bytes, piece_size: int, block_size: int) -> list[DataPiece]:
-    store = BytesStorage(data, block_size)
+
+def pieces_of(data: bytes, piece_size: int, block_size: int, streams: bool = True) -> list[DataPiece]:
+    store = BytesStorage(data, block_size, streams)
     starts = range(0, len(data), piece_size) if data else [0]
     return [DataPiece("mem://o", len(data), (s, min(len(data), s + piece_size)), storage=store) for s in starts]
 
@@ -48,9 +74,10 @@ def owned(data: bytes, start: int, end: int) -> bytes:
     data=st.binary(max_size=300).map(lambda b: bytes(b"ab\r\n "[x % 5] for x in b)),
     piece_size=st.integers(1, 80),
     block_size=st.integers(1, 40),
+    streams=st.booleans(),
 )
-def test_every_line_lands_in_exactly_one_piece(data: bytes, piece_size: int, block_size: int) -> None:
-    pieces = pieces_of(data, piece_size, block_size)
+def test_every_line_lands_in_exactly_one_piece(data: bytes, piece_size: int, block_size: int, streams: bool) -> None:
+    pieces = pieces_of(data, piece_size, block_size, streams)
     streamed = [p.open().read() for p in pieces]
     assert streamed == [owned(data, *p.byte_range) for p in pieces]
     assert b"".join(streamed) == data
@@ -60,13 +87,32 @@ def test_every_line_lands_in_exactly_one_piece(data: bytes, piece_size: int, blo
     assert [line for p in pieces for line in p.lines(encoding=None)] == lines
 
 
-def test_a_piece_is_read_a_block_at_a_time() -> None:
+def test_without_a_stream_hook_a_piece_is_read_a_block_at_a_time() -> None:
     data = b"".join(b"%06d\n" % i for i in range(20_000))  # 140 kB
-    (piece,) = pieces_of(data, len(data), 4096)
+    (piece,) = pieces_of(data, len(data), 4096, streams=False)
     raw = piece.open().raw
     sizes = [len(chunk) for chunk in iter(lambda: raw.read(1 << 20), b"")]
     assert sum(sizes) == len(data) and max(sizes) <= 4096, max(sizes)
     assert sum(1 for _ in piece.lines()) == 20_000
+
+
+def test_a_piece_streams_through_one_request_that_its_file_closes() -> None:
+    data = b"".join(b"%06d\n" % i for i in range(20_000))  # 140 kB
+    store = BytesStorage(data, 4096)
+    piece = DataPiece("mem://o", len(data), (50_000, 100_001), storage=store)
+    with piece.open() as f:
+        assert f.readline() == b"007143\n"
+        assert f.readline() + f.read() == owned(data, 50_007, 100_001)
+    # The byte before the piece to a little past its end (its last line ends inside that), in one stream.
+    assert store.reads == 1 and store.opened[0].closed
+    # Its last line ended in the first read past its end (4 KiB here): the rest was never read.
+    assert bytes(store.opened[0].data) == data[100_000 + 4096 : 100_001 + 64 * 2**10]
+    # A last line that runs past the stream's end is read on in small ranged reads.
+    long_tail = b"x\n" + b"y" * 200_000 + b"\nz\n"
+    store = BytesStorage(long_tail, 8 * 2**20)
+    first, second = (DataPiece("mem://o", len(long_tail), r, storage=store) for r in [(0, 10), (10, len(long_tail))])
+    assert first.open().read() == long_tail[:-2] and second.open().read() == b"z\n"
+    assert store.opened[0].closed and store.reads == 1 + 2 + 1  # a stream of 64 KiB, reads of 64 and 128 KiB, a stream
 
 
 def test_a_large_piece_is_read_without_a_copy() -> None:
@@ -77,10 +123,11 @@ def test_a_large_piece_is_read_without_a_copy() -> None:
     assert got == owned(data, 50_000, 100_001) and got[:7] == b"007143\n" and got[-7:] == b"014285\n"
     # A small read at each end finds the piece's lines; then one read of exactly them, returned as it came.
     assert store.reads == 3 and got is store.last
-    # A piece of at most a block: one read, cut to its lines.
-    store.reads = 0
-    assert DataPiece("mem://o", len(data), (7, 4000), storage=store).read() == owned(data, 7, 4000)
-    assert store.reads == 1
+    # A piece of at most a block: one read, cut to its lines, streamed or not.
+    for streams in (True, False):
+        store = BytesStorage(data, 4096, streams)
+        assert DataPiece("mem://o", len(data), (7, 4000), storage=store).read() == owned(data, 7, 4000)
+        assert store.reads == 1
 
 
 def test_streamed_reads_of_any_size_give_the_piece() -> None:

@@ -39,6 +39,7 @@ import pywren_core
 from pywren_core import harness, plugins, worker
 from pywren_core.backend import HOST, BackendInfo, ConfigField, Limits
 from pywren_core.config import user_cache_dir
+from pywren_core.data import FileRange
 from pywren_core.errors import AccessDeniedError, ConfigError, NotFoundError, StorageError
 from pywren_core.hookspecs import hookimpl
 
@@ -286,6 +287,17 @@ def pywren_data_get(bucket: str, key: str, byte_range: tuple[int, int] | None) -
     path = _data_path(key)
     try:
         return _read(path, byte_range)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotFoundError(f"no file at {path}") from None
+    except PermissionError:
+        raise AccessDeniedError(f"you may not read {path}") from None
+
+
+@hookimpl
+def pywren_data_open(bucket: str, key: str, byte_range: tuple[int, int]) -> FileRange:
+    path = _data_path(key)
+    try:
+        return FileRange(path, byte_range)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise NotFoundError(f"no file at {path}") from None
     except PermissionError:
