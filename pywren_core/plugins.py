@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
 import os
+import re
+import sys
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from typing import Any
 
 import attrs
 import pluggy
 
-from pywren_core import hookspecs
+from pywren_core import __version__, hookspecs
 from pywren_core.backend import API_VERSION, BackendInfo, Session
 from pywren_core.errors import BackendNotFoundError, PluginError
 
@@ -73,10 +75,7 @@ class PluginEntry:
 
 
 def _core_version() -> str:
-    try:
-        return metadata.version("pywren-core")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
+    return __version__
 
 
 def _allowed(name: str) -> bool:
@@ -90,13 +89,115 @@ def _allowed(name: str) -> bool:
 def _entries(group: str, builtins: Mapping[str, str], kind: str) -> dict[str, PluginEntry]:
     core = _core_version()
     found = {name: PluginEntry(name, kind, target, "pywren-core", core) for name, target in builtins.items()}
-    for ep in metadata.entry_points(group=group):
-        if ep.name in builtins or not _allowed(ep.name):
+    for ep_group, name, target, dist, version in _installed():
+        if ep_group != group or name in builtins or not _allowed(name):
             continue
-        dist = ep.dist.name if ep.dist else "unknown"
-        version = ep.dist.version if ep.dist else "unknown"
-        found.setdefault(ep.name, PluginEntry(ep.name, kind, ep.value, dist, version))
+        found.setdefault(name, PluginEntry(name, kind, target, dist, version))
     return found
+
+
+#: (group, name, target, distribution, version) of an installed entry point.
+_EntryPoint = tuple[str, str, str, str, str]
+
+
+@functools.cache
+def _installed() -> tuple[_EntryPoint, ...]:
+    """Every entry point of our groups, found once per process (:func:`reset` forgets them).
+
+    Found as ``importlib.metadata.entry_points`` finds them (the first distribution of a name on
+    ``sys.path`` wins), but by reading the few files involved: importing ``importlib.metadata``
+    alone costs a fresh process about 20 ms, a quarter of its first ``executor()``. Where
+    distributions may come from elsewhere (a zip on ``sys.path``, an import hook that finds
+    distributions), ``importlib.metadata`` itself answers.
+    """
+    groups = (BACKEND_GROUP, WRAPPER_GROUP)
+    if any(getattr(f, "find_distributions", None) and f is not importlib.machinery.PathFinder for f in sys.meta_path):
+        return _installed_by_importlib(groups)
+    found: list[_EntryPoint] = []
+    seen: set[str] = set()
+    for root in sys.path:
+        try:
+            children = os.listdir(root or ".")
+        except NotADirectoryError:  # a zip archive
+            return _installed_by_importlib(groups)
+        except OSError:
+            continue
+        for directory, name in _distribution_dirs(root, children):
+            if name in seen:
+                continue
+            seen.add(name)
+            points = _parse_entry_points(_read_text(os.path.join(directory, "entry_points.txt")), groups)
+            if points:
+                dist, version = _name_and_version(directory)
+                found.extend((group, ep_name, target, dist, version) for group, ep_name, target in points)
+    return tuple(found)
+
+
+def _distribution_dirs(root: str, children: list[str]) -> Iterable[tuple[str, str]]:
+    """The metadata folders among ``children`` of ``root``, with their normalized names, in
+    importlib.metadata's order: ``.dist-info`` and ``.egg-info`` ones, then an egg's own."""
+    eggs = []
+    base = os.path.basename(root).lower()
+    for child in children:
+        low = child.lower()
+        if low.endswith((".dist-info", ".egg-info")):
+            yield os.path.join(root, child), _normalize(low.rpartition(".")[0].partition("-")[0])
+        elif low == "egg-info" and base.endswith(".egg"):
+            eggs.append((os.path.join(root, child), _normalize(base.rpartition(".")[0].partition("-")[0])))
+    yield from eggs
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _parse_entry_points(text: str | None, groups: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """``(group, name, target)`` of each entry point in ``groups`` in an ``entry_points.txt``."""
+    found: list[tuple[str, str, str]] = []
+    section = None
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section in groups and "=" in line:
+            name, _, target = line.partition("=")
+            found.append((section, name.strip(), target.strip()))
+    return found
+
+
+def _name_and_version(directory: str) -> tuple[str, str]:
+    """The distribution's name and version, from its metadata's headers."""
+    text = _read_text(os.path.join(directory, "METADATA"))
+    if text is None:
+        text = _read_text(os.path.join(directory, "PKG-INFO"))
+    headers: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        if not line.strip():
+            break
+        key, colon, value = line.partition(":")
+        if colon and not line[0].isspace():
+            headers.setdefault(key.strip().lower(), value.strip())
+    return headers.get("name", "unknown"), headers.get("version", "unknown")
+
+
+def _installed_by_importlib(groups: tuple[str, ...]) -> tuple[_EntryPoint, ...]:
+    from importlib import metadata
+
+    return tuple(
+        (group, ep.name, ep.value, ep.dist.name if ep.dist else "unknown", ep.dist.version if ep.dist else "unknown")
+        for group in groups
+        for ep in metadata.entry_points(group=group)
+    )
 
 
 def backend_entries() -> dict[str, PluginEntry]:
@@ -111,10 +212,7 @@ def wrapper_entries() -> dict[str, PluginEntry]:
 def plugin_names() -> set[str]:
     """The name of every installed plugin, backend or wrapper, enabled or not (a plugin's own
     variables are ``PYWREN_<NAME>_...``), without importing any."""
-    names = set(BUILTIN_BACKENDS) | set(BUILTIN_WRAPPERS)
-    for group in (BACKEND_GROUP, WRAPPER_GROUP):
-        names.update(ep.name for ep in metadata.entry_points(group=group))
-    return names
+    return set(BUILTIN_BACKENDS) | set(BUILTIN_WRAPPERS) | {name for _, name, *_ in _installed()}
 
 
 @functools.cache
@@ -201,7 +299,10 @@ def missing_backend_message(name: str, entries: Mapping[str, PluginEntry]) -> st
     return message
 
 
-def reset() -> None:
-    """Forget loaded plugins, so a changed environment or install takes effect (tests use this)."""
+def reset(*, installed: bool = True) -> None:
+    """Forget loaded plugins, so a changed environment or install takes effect (tests use this);
+    ``installed`` False keeps the entry points found, for a process whose install is the same."""
     load_backend.cache_clear()
     _wrappers.cache_clear()
+    if installed:
+        _installed.cache_clear()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 import pywren_core as pw
 from pywren_core.backends import local
 from pywren_core.backends.local import WorkerPool
-from pywren_core.errors import ConfigError, WorkerDiedError
+from pywren_core.errors import CallFailedError, ConfigError, WorkerDiedError
 
 needs_fork = pytest.mark.skipif(not local.fork_available(), reason="workers are forked on Linux 5.3+ only")
 
@@ -79,11 +80,14 @@ def random_draw(x):
 @pytest.fixture
 def own_pool(pywren_config):
     """A config whose executors get a pool of their own, closed after the test."""
-    WorkerPool._shared.pop(OWN_SIZE, None)
+    close_own_pools()
     yield {**pywren_config, "local": {**pywren_config["local"], "workers": OWN_SIZE}}
-    pool = WorkerPool._shared.pop(OWN_SIZE, None)
-    if pool is not None:
-        pool.close()
+    close_own_pools()
+
+
+def close_own_pools() -> None:
+    for key in [key for key in WorkerPool._shared if key[0] == OWN_SIZE]:
+        WorkerPool._shared.pop(key).close()
 
 
 @needs_fork
@@ -98,6 +102,40 @@ def test_the_workers_are_children_of_the_zygote_a_child_of_the_client(pywren_con
         workers = {w.process.pid for w in pool.workers}
         assert all(parent_of(pid) == pool.zygote.pid and name_of(pid) == "pywren-worker" for pid in workers)
         assert {pid_of(f) for f in futures} <= workers
+
+
+@needs_fork
+def test_executor_does_not_wait_for_the_workers_and_calls_submitted_meanwhile_run(own_pool, monkeypatch):
+    """The supervisor has the zygote fork the workers, while the client pickles and submits."""
+    release = threading.Event()
+    fork_workers = local._Zygote.fork_workers
+
+    def held_fork_workers(zygote, count):
+        release.wait(30)
+        return fork_workers(zygote, count)
+
+    monkeypatch.setattr(local._Zygote, "fork_workers", held_fork_workers)
+    with pw.executor(own_pool, progress=False) as ex:
+        pool = pool_of(ex)
+        futures = ex.map(abs, [-1, -2, -3])
+        assert not pool._spawned.is_set(), "executor() waited for the workers to be forked"
+        release.set()
+        assert ex.get_result(futures) == [1, 2, 3]
+        assert len(pool.workers) == OWN_SIZE
+
+
+def test_a_pool_that_cannot_start_workers_fails_its_calls_at_once(own_pool, monkeypatch):
+    def no_processes(pool, count):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(WorkerPool, "_spawn", no_processes)
+    with pw.executor(own_pool, progress=False, retries=0) as ex:
+        for _ in range(2):  # queued before the pool gave up, then submitted to the broken pool
+            with pytest.raises(CallFailedError, match="cannot start worker processes: BlockingIOError"):
+                ex.call_async(abs, -1).result(timeout=30)
+    monkeypatch.undo()
+    with pw.executor(own_pool, progress=False) as ex:  # a new executor tries again
+        assert ex.call_async(abs, -4).result(timeout=30) == 4
 
 
 @needs_fork

@@ -78,6 +78,69 @@ def test_disable_plugins_env(monkeypatch):
         load_backend("fixture")
 
 
+def _distribution(root, folder, name, version, entry_points):
+    meta = root / folder
+    meta.mkdir(parents=True)
+    (meta / ("PKG-INFO" if folder.endswith(".egg-info") else "METADATA")).write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nName: not a header\n"
+    )
+    (meta / "entry_points.txt").write_text(entry_points)
+
+
+def test_entry_points_are_found_as_importlib_metadata_finds_them(tmp_path, monkeypatch):
+    """The core reads entry points without importlib.metadata, and must find what it finds: the
+    first distribution of a name on sys.path wins, .egg-info folders count, other groups do not."""
+    from importlib import metadata
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    _distribution(first, "pywren_shadow-2.0.dist-info", "pywren-shadow", "2.0", "[pywren]\nshadow = shadow_new\n")
+    _distribution(second, "pywren.Shadow-1.0.dist-info", "pywren-shadow", "1.0", "[pywren]\nshadow = shadow_old\n")
+    _distribution(
+        second,
+        "legacy-0.3.egg-info",
+        "legacy",
+        "0.3",
+        "# a comment\n[console_scripts]\nlegacy = legacy:main\n\n"
+        "[pywren.wrappers]\n# another\nlegacy = legacy.wrap:Plugin [extra]\n",
+    )
+    monkeypatch.setattr("sys.path", [str(first), str(second), *__import__("sys").path])
+    plugins.reset()
+    entries = {**plugins.backend_entries(), **plugins.wrapper_entries()}
+    assert entries["shadow"] == PluginEntry("shadow", "backend", "shadow_new", "pywren-shadow", "2.0")
+    assert entries["legacy"] == PluginEntry("legacy", "wrapper", "legacy.wrap:Plugin [extra]", "legacy", "0.3")
+    for group, kind in ((plugins.BACKEND_GROUP, "backend"), (plugins.WRAPPER_GROUP, "wrapper")):
+        expected = {
+            ep.name: PluginEntry(ep.name, kind, ep.value, ep.dist.name, ep.dist.version)
+            for ep in metadata.entry_points(group=group)
+        }
+        assert {k: v for k, v in entries.items() if v.kind == kind and not v.builtin} == expected
+
+
+def test_a_zip_on_sys_path_is_searched_by_importlib_metadata(tmp_path, monkeypatch):
+    import zipfile
+
+    archive = tmp_path / "plugins.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("pywren_zipped-1.0.dist-info/METADATA", "Name: pywren-zipped\nVersion: 1.0\n")
+        z.writestr("pywren_zipped-1.0.dist-info/entry_points.txt", "[pywren]\nzipped = zipped_backend\n")
+    monkeypatch.setattr("sys.path", [str(archive), *__import__("sys").path])
+    plugins.reset()
+    assert plugins.backend_entries()["zipped"].distribution == "pywren-zipped"
+
+
+def test_creating_an_executor_does_not_import_importlib_metadata(tmp_path):
+    """importlib.metadata alone costs a fresh process about 20 ms of its first executor()."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pywren_core as pw; ex = pw.executor(progress=False, local={'storage_dir': sys.argv[1]}); "
+        "ex.shutdown(); print(sorted(m for m in sys.modules if m.startswith('importlib.metadata')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def _entry(name="tiny"):
     return PluginEntry(name, "backend", "tests:tiny", "tiny-dist", "9.9")
 

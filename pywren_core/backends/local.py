@@ -746,7 +746,7 @@ def _load_plugins_afresh() -> None:
     for name in list(sys.modules):
         if name.partition(".")[0] in packages:
             _inherited.append(sys.modules.pop(name))
-    plugins.reset()
+    plugins.reset(installed=False)  # the same install: the entry points found stand
     plugins.load_backend("local")
 
 
@@ -790,8 +790,9 @@ class WorkerPool:
     forks from the client as it starts (see :class:`_Zygote`): ready within milliseconds. With
     ``start="spawn"``, or where fork is not available, they are fresh interpreters started in a
     scratch directory. Either way they never re-run the user's script; the user's own modules reach
-    them inside the pickles. Each worker is sent a few payloads ahead (about 5 ms of work, judged
-    from recent calls), so it never idles waiting for the supervisor.
+    them inside the pickles. The supervisor starts the workers, so that the client goes on (to
+    pickle and submit its first calls) meanwhile. Each worker is sent a few payloads ahead (about
+    5 ms of work, judged from recent calls), so it never idles waiting for the supervisor.
     """
 
     _shared: dict[tuple[int, str, str | None], WorkerPool] = {}
@@ -809,7 +810,7 @@ class WorkerPool:
         key = (size, start, python)
         with cls._shared_lock:
             pool = cls._shared.get(key)
-            if pool is None or pool.closed:
+            if pool is None or pool.closed or pool.broken:
                 pool = cls._shared[key] = cls(size, start, python)
             return pool
 
@@ -825,12 +826,21 @@ class WorkerPool:
         self._failed_starts = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        #: Why no worker process could be started, if none could: calls then fail at once.
+        self.broken: str | None = None
         forking = start == "fork" and python is None and fork_available()
         self.zygote = _Zygote.start(self.scratch) if forking else None
-        self.workers = self._spawn(size)
-        self._thread = threading.Thread(target=self._supervise, name="pywren-local-pool", daemon=True)
+        self._workers: list[_Worker] = []
+        self._spawned = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, args=(size,), name="pywren-local-pool", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+
+    @property
+    def workers(self) -> list[_Worker]:
+        """The worker processes, once the supervisor has started them."""
+        self._spawned.wait()
+        return self._workers
 
     def _spawn(self, count: int) -> list[_Worker]:
         """``count`` new workers: forks of the zygote, or fresh interpreters without one."""
@@ -864,7 +874,12 @@ class WorkerPool:
 
     def submit(self, payload: dict[str, Any]) -> None:
         with self._pending_lock:
-            self.pending.append(payload)
+            broken = self.broken
+            if broken is None:
+                self.pending.append(payload)
+        if broken is not None:
+            _report_unfinished(payload, "error", broken)
+            return
         self._wake()
 
     def cancel(self, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
@@ -923,7 +938,19 @@ class WorkerPool:
             except OSError:
                 self._replace(w, "died", self._death_message(w))
 
-    def _supervise(self) -> None:
+    def _supervise(self, size: int) -> None:
+        try:
+            self._workers = self._spawn(size)
+        except Exception as exc:
+            _log.exception("local worker pool: cannot start its worker processes")
+            with self._pending_lock:
+                self.broken = f"the local worker pool cannot start worker processes: {type(exc).__name__}: {exc}"
+                pending, self.pending = self.pending, deque()
+            for payload in pending:
+                _report_unfinished(payload, "error", self.broken)
+            return
+        finally:
+            self._spawned.set()
         while not self.closed:
             try:
                 self._supervise_once()
@@ -1017,6 +1044,7 @@ class WorkerPool:
     def close(self) -> None:
         if self.closed:
             return
+        self._spawned.wait()  # a zygote closed while forking workers would leave them to interpreters
         self.closed = True
         self._wake()
         workers = list(self.workers)  # the supervisor may still drop one
@@ -1069,7 +1097,7 @@ def _forget_pools_after_fork() -> None:
         pool.closed = True
         if pool.zygote is not None and not pool.zygote.gone:
             pool.zygote.sock.close()
-        for w in pool.workers:
+        for w in pool._workers:  # not .workers: no supervisor here will ever finish starting them
             w.conn.close()
     WorkerPool._shared = {}
     WorkerPool._shared_lock = threading.Lock()
