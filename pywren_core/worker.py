@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import contextvars
 import functools
+import hmac
 import json
 import os
 import shutil
@@ -89,7 +90,9 @@ _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("p
 _output: contextvars.ContextVar[dict[str, _Tail] | None] = contextvars.ContextVar("pywren_output", default=None)
 _state_lock = threading.Lock()
 _sessions: dict[tuple[str, str], Session] = {}
-_functions: OrderedDict[bytes, Any] = OrderedDict()
+#: The functions of the last few jobs this process ran, by job and function key, with the secret
+#: that verified each (see :func:`_load_function`).
+_functions: OrderedDict[tuple[str, str, str], tuple[bytes, Any]] = OrderedDict()
 _calls_seen = 0
 
 
@@ -205,8 +208,12 @@ def handle(
     calls find their directory with :func:`current_call`. ``delivery`` is the platform's count of
     deliveries of this invocation (a queue's dequeue count), reported in the calls' stats.
 
-    A payload whose secret cannot be read (not sealed with this function's payload key) or whose
-    job is gone (cleaned up before a late redelivery) runs nothing and writes nothing.
+    A payload whose secret cannot be read (not sealed with this function's payload key) runs
+    nothing and writes nothing; nor does one whose job is gone (cleaned up before a late
+    redelivery), except that a warm process which ran the job's function before does not read it
+    again for a payload that came straight from the client (not sealed, so never resting in a
+    queue): the call runs, as a duplicate run may, and the fence in :func:`write_status` withdraws
+    its status.
     """
     return run_payload(payload, session_for(payload), deadline=deadline, isolate_cwd=isolate_cwd, delivery=delivery)
 
@@ -357,22 +364,27 @@ def report_failure(session: Session, payload: dict[str, Any], call: dict[str, An
 
 
 def _load_function(session: Session, payload: dict[str, Any], keys: JobKeys, secret: bytes) -> Any:
-    """The job's function, verified against this payload's secret on every payload.
+    """The job's function, verified against this payload's secret.
 
-    The signed bytes are read and checked each time, and the cache is keyed by their signature:
-    a warm worker never runs a cached function for a payload whose secret did not sign it, and a
-    job that was cleaned up is noticed (NotFoundError) before anything runs.
+    Read once per job in a warm process: the cache holds the secret that verified the signed
+    bytes, and a payload with any other secret (only the job's client has the right one) reads and
+    verifies them again, so a cached function never runs for a payload its job did not sign. A
+    job cleaned up before its first payload here is noticed by the read (NotFoundError); a sealed
+    payload (one that rests in a queue, and may come back after its job is gone) checks on every
+    payload that the job is still there.
     """
-    blob = session.get(payload["func_key"])
-    data = verify(secret, func_context(keys), blob)
-    cache_key = blob[: len(blob) - len(data)]  # magic and HMAC: unique to these bytes and this secret
+    cache_key = (keys.executor_id, keys.job_id, payload["func_key"])
     with _state_lock:
-        if cache_key in _functions:
+        cached = _functions.get(cache_key)
+        if cached is not None:
             _functions.move_to_end(cache_key)
-            return _functions[cache_key]
-    func = serialize.loads(data)
+    if cached is not None and hmac.compare_digest(cached[0], secret):
+        if "sealed_secret" in payload and not _job_present(session, payload):
+            raise NotFoundError(f"no object at key {payload['func_key']!r}")
+        return cached[1]
+    func = serialize.loads(verify(secret, func_context(keys), session.get(payload["func_key"])))
     with _state_lock:
-        _functions[cache_key] = func
+        _functions[cache_key] = (secret, func)
         while len(_functions) > _FUNCTION_CACHE_SIZE:
             _functions.popitem(last=False)
     return func

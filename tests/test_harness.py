@@ -3,20 +3,25 @@ a thread, as a platform's handler does, with the job's objects in the local back
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from typing import Any
 
 import attrs
 import pytest
 
 import pywren_core as pw
-from pywren_core import harness, hookimpl, plugins
+from pywren_core import harness, hookimpl, plugins, worker
 from pywren_core.backends import local
 from pywren_core.errors import CallTimeoutError, WorkerDiedError
+from pywren_core.protocol import PAYLOAD_KEY_ENV, JobKeys, delete_jobs, seal, secret_context
 
 
 class ServedBackend:
@@ -220,3 +225,105 @@ def test_worker_processes_never_outlive_their_parent(ending):
     finally:
         parent.kill()
         parent.wait()
+
+
+# --- a warm worker's requests per call -----------------------------------------------------------
+
+
+class CountRequests:
+    """A wrapper plugin that counts a session's storage requests, by kind and by the key's last part."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def _count(self, kind: str, key: str) -> Any:
+        self.requests.append((kind, key.rsplit("/", 1)[-1]))
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def pywren_storage_put(self, session, key, data):
+        return (yield from self._count("put", key))
+
+    @hookimpl(wrapper=True)
+    def pywren_storage_get(self, session, key, byte_range):
+        return (yield from self._count("get", key))
+
+    @hookimpl(wrapper=True)
+    def pywren_storage_list(self, session, prefix):
+        return (yield from self._count("list", prefix))
+
+    @hookimpl(wrapper=True)
+    def pywren_storage_delete(self, session, keys):
+        return (yield from self._count("delete", ",".join(keys)))
+
+
+class RecordPayloads:
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+
+    @hookimpl(wrapper=True)
+    def pywren_invoke(self, session, payload):
+        self.payloads.append(json.loads(json.dumps(payload)))
+        return (yield)
+
+
+@pytest.fixture
+def recorded_job(pywren_config):
+    """The payloads of a finished five-call job whose objects are kept, and a worker session that
+    counts its requests."""
+    recorder = RecordPayloads()
+    with pw.executor(pywren_config, cleanup=False, progress=False, wrappers=[recorder]) as ex:
+        assert ex.get_result(ex.map(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
+        counter = CountRequests()
+        session = plugins.load_backend("local").open(ex.section, role="worker", wrappers=[counter])
+        yield recorder.payloads, session, counter
+
+
+def test_a_warm_worker_reads_a_jobs_function_once_then_writes_and_fences_each_status(recorded_job):
+    """Per call, a status (PUT) and the fence against a job deleted meanwhile (LIST of the
+    function's key); the function is read and verified by the first payload of the job only."""
+    payloads, session, counter = recorded_job
+    for payload in payloads:
+        (status,) = worker.run_payload(payload, session, isolate_cwd=False)
+        assert status["kind"] == "success"
+    kinds = Counter(kind for kind, _ in counter.requests)
+    assert kinds == {"put": 5, "list": 5, "get": 1}, counter.requests
+    assert ("get", "func.pickle") in counter.requests and ("list", "func.pickle") in counter.requests
+
+
+def test_a_cached_function_never_runs_for_a_payload_its_job_did_not_sign(recorded_job):
+    payloads, session, counter = recorded_job
+    worker.run_payload(payloads[0], session, isolate_cwd=False)  # the function is cached now
+    forged = {**payloads[1], "secret": secrets.token_bytes(32).hex()}
+    (status,) = worker.run_payload(forged, session, isolate_cwd=False)
+    assert status["kind"] == "refused" and "signature" in status["error"]["message"].lower()
+    assert counter.requests.count(("get", "func.pickle")) == 2, "the forged payload's function was not read again"
+
+
+def test_a_cached_run_of_a_deleted_job_leaves_nothing_behind(recorded_job, pywren_config):
+    payloads, session, counter = recorded_job
+    worker.run_payload(payloads[0], session, isolate_cwd=False)  # the function is cached now
+    prefix = JobKeys.from_payload(payloads[1]).prefix
+    delete_jobs(session, prefix)
+    worker.run_payload(payloads[1], session, isolate_cwd=False)  # a late redelivery, straight from the client
+    assert session.list(prefix) == [], "a run of a job deleted meanwhile left objects behind"
+
+
+def test_a_sealed_payload_of_a_deleted_job_runs_nothing_though_its_function_is_cached(recorded_job, monkeypatch):
+    """A sealed payload rests in a queue and may come back after its job is gone: a warm worker
+    checks the job is still there before running it, even with the job's function cached."""
+    payload_key = secrets.token_bytes(32)
+    monkeypatch.setenv(PAYLOAD_KEY_ENV, payload_key.hex())
+    monkeypatch.setattr(worker, "_payload_key", lambda: payload_key)
+    payloads, session, counter = recorded_job
+
+    def sealed(payload):  # and a second attempt, as the calls have answered already
+        keys = JobKeys.from_payload(payload)
+        secret = bytes.fromhex(payload["secret"])
+        rest = {k: v for k, v in payload.items() if k != "secret"}
+        calls = [{**call, "attempt": call["attempt"] + 1} for call in payload["calls"]]
+        return {**rest, "calls": calls, "sealed_secret": seal(payload_key, secret, secret_context(keys))}
+
+    assert [s["kind"] for s in worker.run_payload(sealed(payloads[0]), session, isolate_cwd=False)] == ["success"]
+    delete_jobs(session, JobKeys.from_payload(payloads[1]).prefix)
+    assert worker.run_payload(sealed(payloads[1]), session, isolate_cwd=False) == []

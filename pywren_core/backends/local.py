@@ -724,6 +724,7 @@ def _become_a_fresh_process(keep_fd: int, scratch: str) -> None:
     os.chdir(scratch)
     _inherited.append(worker._sessions)
     worker._sessions = {}
+    worker._functions.clear()
     worker._state_lock = threading.Lock()  # another thread of the client may have held it
     worker._calls_seen = 0  # a worker's first call is its cold one
     worker._payload_key.cache_clear()
