@@ -9,7 +9,6 @@ plugin owns it (``PYWREN_<PLUGIN>_...``). Every error names the key and where it
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,8 +137,14 @@ class Config:
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
+    close = _close_matches(key, known)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _close_matches(word: str, candidates: list[str]) -> list[str]:
+    import difflib  # for error messages only: a fresh process need not import it
+
+    return difflib.get_close_matches(word, candidates, n=1)
 
 
 def _check_environment(settings: Mapping[str, Any], section_names: set[str]) -> None:
@@ -162,7 +167,7 @@ def _check_environment(settings: Mapping[str, Any], section_names: set[str]) -> 
             continue
         rest = var[len("PYWREN_") :].partition("_")[2]  # PYWREN_LOACL_WORKERS: a misspelt backend
         candidates = known + [f"PYWREN_{name.upper()}_{rest}" for name in sorted(section_names) if rest]
-        close = difflib.get_close_matches(var, candidates, n=1)
+        close = _close_matches(var, candidates)
         raise ConfigError(
             f"environment {var}: unknown setting{f' (did you mean {close[0]}?)' if close else ''}; "
             f"settings are PYWREN_<NAME> ({', '.join(sorted(settings))}) and PYWREN_<BACKEND>_<KEY> "
