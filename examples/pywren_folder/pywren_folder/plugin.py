@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote
 import attrs
 from pywren_core import hookimpl
 from pywren_core.backend import BackendInfo, ConfigField, Limits
+from pywren_core.data import FileRange
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
 
 
@@ -206,6 +207,17 @@ def pywren_data_get(session: FolderSession, bucket: str, key: str, byte_range: t
         raise NotFoundError(f"no object at {url}")
     with _errors(url):
         return _read(path, byte_range)
+
+
+@hookimpl
+def pywren_data_open(session: FolderSession, bucket: str, key: str, byte_range: tuple[int, int]) -> FileRange:
+    # Optional: a stream over the range, so a piece is read as it is consumed (a cloud plugin wraps its
+    # SDK's response body in SDKStream). Without it the core reads in pywren_data_get blocks.
+    path, url = _data_path(session, bucket, key), f"folder://{bucket}/{key}"
+    if not os.path.isfile(path):
+        raise NotFoundError(f"no object at {url}")
+    with _errors(url):
+        return FileRange(path, byte_range)
 
 
 @hookimpl

@@ -73,7 +73,7 @@ def pywren_storage_delete(session: MyCloudSession, keys: Sequence[str]) -> None:
 # Data where it lives (optional): users map over objects in any bucket your credentials reach, by
 # URL: ex.map(f, "mycloud://BUCKET/PREFIX/"). The core parses the URL and calls these four with the
 # bucket and key. Implement all four and declare data_schemes in pywren_backend_info, or delete
-# them and TestData in tests/test_conformance.py.
+# them (and pywren_data_open) and TestData in tests/test_conformance.py.
 
 
 @hookimpl
@@ -87,6 +87,14 @@ def pywren_data_list(session: MyCloudSession, bucket: str, prefix: str) -> list[
 def pywren_data_get(session: MyCloudSession, bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
     # TODO: as pywren_storage_get, in any bucket; a missing bucket or object raises NotFoundError.
     raise NotImplementedError("pywren_data_get")
+
+
+@hookimpl
+def pywren_data_open(session: MyCloudSession, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
+    # TODO (optional, delete it to read in pywren_data_get blocks): bytes [start, end) as a stream over
+    # one ranged GET, e.g. SDKStream(response_body, lambda: your_error_mapping(url), end - start) from
+    # pywren_core.data; missing bucket or object: NotFoundError naming the URL, at once.
+    raise NotImplementedError("pywren_data_open")
 
 
 @hookimpl

@@ -223,6 +223,11 @@ def pywren_data_delete(session: AwsSession, bucket: str, keys: Sequence[str]) ->
 
 
 @hookimpl
+def pywren_data_open(session: AwsSession, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
+    return storage.open_range(session.s3, bucket, key, byte_range, missing=DATA_NOT_FOUND)
+
+
+@hookimpl
 def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
     """One asynchronous invocation, tried once: every retry is the core's (see the README's "Retries").
 

@@ -8,10 +8,12 @@ in any bucket) share them; ``missing`` says which AWS error codes mean not found
 from __future__ import annotations
 
 import concurrent.futures
+import io
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
+from pywren_core.data import SDKStream
 
 from pywren_aws.errors import NOT_FOUND, from_code, mapped
 
@@ -71,6 +73,21 @@ def get(s3: Any, bucket: str, key: str, byte_range: tuple[int, int] | None,
                 return b""
             raise
         return response["Body"].read()[: max(0, end - start)]
+
+
+def open_range(s3: Any, bucket: str, key: str, byte_range: tuple[int, int],
+               missing: Collection[str] = NOT_FOUND) -> Any:
+    """Bytes [start, end) as a stream over one ranged GET (an empty one when the object ends before ``start``)."""
+    start, end = byte_range
+    what = f"S3 get s3://{bucket}/{key}"
+    with mapped(what, missing=missing):
+        try:
+            response = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return io.BytesIO(b"")
+            raise
+    return SDKStream(response["Body"], lambda: mapped(what, missing=missing), int(response["ContentLength"]))
 
 
 def keys_and_sizes(s3: Any, bucket: str, prefix: str,

@@ -80,9 +80,23 @@ def test_ranged_gets_ask_s3_for_the_range_only(storage: Any, prefix: str) -> Non
         storage.get(prefix + "missing", (0, 10))
 
 
+def test_a_piece_streams_through_one_ranged_get(storage: Any, prefix: str) -> None:
+    data = b"".join(b"line %d\n" % i for i in range(100_000))
+    storage.put(prefix + "lines", data)
+    ranges = s3_requests(storage, "GetObject")
+    with DataPiece(prefix + "lines", len(data), (100_000, 400_000), storage=storage).open() as piece:
+        got = piece.read()
+    # The piece's lines: from the first beginning at or after its start to the first at or after its end.
+    assert got == data[data.index(b"\n", 99_999) + 1 : data.index(b"\n", 399_999) + 1]
+    assert [r["Range"] for r in ranges] == [f"bytes=99999-{400_000 + 64 * 2**10 - 1}"]
+    with pytest.raises(NotFoundError, match=f"{prefix}missing.*NoSuchKey"):
+        storage.stream(prefix + "missing", (0, 10))
+
+
 def test_missing_bucket_is_not_found_naming_the_url(storage: Any, pywren_config: dict[str, Any]) -> None:
     url = f"s3://{MISSING_BUCKET}/logs/"
     for operation in (lambda: storage.list(url), lambda: storage.get(url + "a"), lambda: storage.get(url + "a", (0, 5)),
+                      lambda: storage.stream(url + "a", (0, 5)),
                       lambda: storage.put(url + "a", b"x"), lambda: storage.delete([url + "a"])):
         with pytest.raises(NotFoundError, match=f"s3://{MISSING_BUCKET}/.*NoSuchBucket") as info:
             operation()

@@ -9,9 +9,10 @@ arguments. Every SDK error leaves here as a :mod:`pywren_core.errors` type.
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -23,6 +24,7 @@ from pywren_azure.errors import mapped
 from pywren_azure.invoke import MAX_PAYLOAD_BYTES
 from pywren_azure.session import TRANSFER_CONCURRENCY, AzureSession
 from pywren_core.backend import BackendInfo, CallEvent, ConfigField, Limits, Platform
+from pywren_core.data import SDKStream
 from pywren_core.errors import InvokeError, StorageError, URLError
 from pywren_core.hookspecs import hookimpl
 
@@ -216,6 +218,45 @@ def pywren_data_get(session: AzureSession, bucket: str, key: str, byte_range: tu
 @hookimpl
 def pywren_data_put(session: AzureSession, bucket: str, key: str, data: bytes) -> None:
     _put(session, _data(session, bucket), key, data, f"az://{bucket}/{key}")
+
+
+@hookimpl
+def pywren_data_open(session: AzureSession, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
+    start, end = byte_range
+    what = f"get az://{bucket}/{key}"
+    container = _data(session, bucket)
+    with mapped(what, session.secrets):
+        try:
+            # The SDK gets the first chunk now (a missing blob fails here) and the rest as it is read.
+            downloader = container.download_blob(key, offset=start, length=end - start)
+        except HttpResponseError as exc:
+            if exc.status_code != 416:
+                raise
+            return io.BytesIO(b"")  # the range starts past the end
+    return SDKStream(_ChunkReader(downloader.chunks()), lambda: mapped(what, session.secrets))
+
+
+class _ChunkReader(io.RawIOBase):
+    """The SDK's download chunks as a file: each read gives at most what is left of a chunk."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks, self.pending = chunks, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join([self.pending, *self.chunks])
+        if not self.pending:
+            self.pending = memoryview(next(self.chunks, b""))
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data.obj if len(data) == len(data.obj) else data.tobytes()  # a whole chunk as it came
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 @hookimpl

@@ -130,6 +130,8 @@ def test_a_range_of_a_missing_blob_is_not_found(storage: Storage, prefix: str) -
     for byte_range in [None, (0, 10), (3, 3)]:
         with pytest.raises(NotFoundError, match=f"{prefix}missing"):
             storage.get(f"{prefix}missing", byte_range)
+    with pytest.raises(NotFoundError, match=f"{prefix}missing"):
+        storage.stream(f"{prefix}missing", (0, 10))
 
 
 def test_a_missing_container_is_not_found_naming_the_url(storage: Storage) -> None:
@@ -138,6 +140,8 @@ def test_a_missing_container_is_not_found_naming_the_url(storage: Storage) -> No
         storage.list(url)
     with pytest.raises(NotFoundError, match=f"{url}a"):
         storage.get(f"{url}a", (0, 10))
+    with pytest.raises(NotFoundError, match=f"{url}a"):
+        storage.stream(f"{url}a", (0, 10))
     with pytest.raises(NotFoundError, match=f"{url}a"):
         storage.put(f"{url}a", b"data")  # never created for the user
     with pytest.raises(NotFoundError, match=url):
@@ -241,6 +245,8 @@ def test_throttling_reaches_the_core_as_throttled() -> None:
         assert info.value.retry_after == 2.0
         with pytest.raises(ThrottledError, match="az://logs/2026/a"):
             plugin.pywren_data_get(session=session, bucket="logs", key="2026/a", byte_range=(0, 4))
+        with pytest.raises(ThrottledError, match="az://logs/2026/a"):
+            plugin.pywren_data_open(session=session, bucket="logs", key="2026/a", byte_range=(0, 4))
     finally:
         plugin.pywren_close(session=session)
         server.shutdown()

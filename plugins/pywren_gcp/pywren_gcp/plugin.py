@@ -251,6 +251,11 @@ def pywren_data_get(session: GcpSession, bucket: str, key: str, byte_range: tupl
 
 
 @hookimpl
+def pywren_data_open(session: GcpSession, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
+    return session.store.open_range(bucket, key, byte_range)
+
+
+@hookimpl
 def pywren_data_put(session: GcpSession, bucket: str, key: str, data: bytes) -> None:
     session.store.put(bucket, key, data)
 

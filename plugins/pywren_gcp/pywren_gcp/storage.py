@@ -11,6 +11,7 @@ retries with backoff, and a transport failure that outlasts urllib3's tries is a
 from __future__ import annotations
 
 import functools
+import io
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -20,11 +21,13 @@ from typing import Any, TypeVar
 
 import google.auth.exceptions
 import requests
+import urllib3
 from google.api_core import exceptions as google_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
 from urllib3.util.retry import Retry
 
+from pywren_core.data import SDKStream
 from pywren_core.errors import AccessDeniedError, NotFoundError, StorageError, ThrottledError
 
 T = TypeVar("T")
@@ -116,6 +119,15 @@ def errors_mapped(what: str) -> Iterator[None]:
         raise credentials_error(what, exc) from None
 
 
+@contextmanager
+def body_errors_mapped(what: str) -> Iterator[None]:
+    """A response body that breaks off while it is read: the connection failed, past any retry."""
+    try:
+        yield
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        raise StorageError(f"{what}: {type(exc).__name__} while reading the response") from None
+
+
 class GcsStore:
     """The storage operations on any bucket the client reaches: the job bucket (the ``pywren_storage_*``
     hooks) and data buckets (the ``pywren_data_*`` hooks) share one client, one connection pool and
@@ -158,6 +170,25 @@ class GcsStore:
                 return blob.download_as_bytes(start=start, end=end - 1, timeout=TIMEOUT, retry=None)
             except google_exceptions.RequestRangeNotSatisfiable:
                 return b""  # the object exists but ends before ``start``: slicing semantics
+
+    def open_range(self, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
+        """Bytes [start, end) as a stream over one ranged GET of the object's media, the request the
+        SDK's own downloads make (its download functions write a whole range into a file, so they
+        cannot hand the body over as it comes)."""
+        start, end = byte_range
+        what = f"get gs://{bucket}/{key}"
+        with errors_mapped(what):
+            url = self.bucket(bucket).blob(key)._get_download_url(self.client)
+            response = self.client._http.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"},
+                                                 stream=True, timeout=TIMEOUT)
+            if response.status_code == 416:  # the object ends before ``start``: slicing semantics
+                response.close()
+                return io.BytesIO(b"")
+            if response.status_code >= 300:
+                error = google_exceptions.from_http_response(response)
+                response.close()
+                raise error
+        return SDKStream(response.raw, lambda: body_errors_mapped(what), int(response.headers["Content-Length"]))
 
     def list(self, bucket: str, prefix: str) -> list[str]:
         """Every key under ``prefix``, following every page."""

@@ -97,6 +97,9 @@ def test_missing_bucket_or_object_is_not_found_naming_the_url(storage: Storage, 
         assert isinstance(info.value, FileNotFoundError) and info.value.__cause__ is None
     with pytest.raises(NotFoundError, match=f"gs://{bucket}/k"):
         storage.get(f"gs://{bucket}/k", (0, 10))
+    for url in (f"gs://{bucket}/k", prefix + "missing"):
+        with pytest.raises(NotFoundError, match=url):
+            storage.stream(url, (0, 10))
     storage.delete([f"gs://{bucket}/k", prefix + "never-was"])  # deleting what is not there is not an error
 
 
@@ -112,6 +115,7 @@ def test_data_hooks_map_errors(refusing_endpoint: Any, status: int, error: type)
         for hook, arguments in [("pywren_data_list", {"prefix": "logs/"}),
                                 ("pywren_data_get", {"key": "logs/a", "byte_range": (0, 10)}),
                                 ("pywren_data_get", {"key": "logs/a", "byte_range": None}),
+                                ("pywren_data_open", {"key": "logs/a", "byte_range": (0, 10)}),
                                 ("pywren_data_put", {"key": "logs/a", "data": b"x"})]:
             refusing_endpoint.requests = 0
             with pytest.raises(error, match="gs://elsewhere/logs/") as info:
