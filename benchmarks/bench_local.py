@@ -78,7 +78,7 @@ def compare(repeats, ours, base, *args):
 def standard(repeats: int, storage_dir: str | None) -> None:
     local = {"workers": WORKERS, **({"storage_dir": storage_dir} if storage_dir else {})}
     ex = pw.executor(backend="local", progress=False, local=local)
-    print(f"storage: {ex.section['storage_dir']}")
+    print(f"storage: {ex.section['storage_dir']}; load average at the start: {load_average()}")
     pool = concurrent.futures.ProcessPoolExecutor(WORKERS)
     run_pywren(ex, noop, 50)  # warm both: processes started, modules imported
     run_pool(pool, noop, 50)
@@ -164,6 +164,7 @@ def cold(repeats: int, baseline: str | None = None) -> None:
     # (name, function, calls, seconds of CPU per call)
     workloads = [("first result", "noop", 1, 0.0), ("no-op", "noop", 1000, 0.0), ("30 ms CPU", "cpu_30ms", 200, 0.03)]
     print("\ncold: a fresh interpreter per run, timed from creating the executor (pywren) or the pool")
+    print(f"load average at the start: {load_average()}")
     if baseline:
         print(f"baseline: the pywren_core in {baseline}, run in the same rounds")
     print(f"{'workload':<14}{'calls':>7}{'side':>10}{'s':>8}{'after executor()':>18}{'pool s':>9}{'ratio':>8}")
@@ -182,6 +183,12 @@ def cold(repeats: int, baseline: str | None = None) -> None:
                 ideal = n * cpu / WORKERS
                 print(f"   over {ideal:.2f} s of work: +{ours - ideal:.2f} s, pool +{base - ideal:.2f} s", end="")
             print()
+    print(f"load average at the end: {load_average()}")
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages: figures taken under load are not comparable."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 SCALE = """
