@@ -19,7 +19,9 @@ times for people.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +40,10 @@ class State(enum.Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    #: Members are singletons: hash them by identity, in C (``Enum`` hashes by name, in Python),
+    #: since every event looks a state up in ``TRANSITIONS`` or ``TERMINAL``.
+    __hash__ = object.__hash__
 
 
 NEW, INVOKED, RUNNING, DONE, FAILED, CANCELLED = State
@@ -87,10 +93,13 @@ class Call:
     #: The newest attempt; attempts are numbered from 0.
     attempt: int = 0
     #: Attempts that may still report: one, or two while a speculative backup races the original.
-    live: set[int] = attrs.field(factory=lambda: {0})
+    #: (Tuples, not sets: a few bytes where a set costs 216 per call, and one shared default.)
+    live: tuple[int, ...] = (0,)
     invoked_at: float | None = None
-    #: Status records seen for this call, so one record is counted once.
-    reported: set[int] = attrs.field(factory=set)
+    #: Attempts whose status record was seen, so one record is counted once.
+    reported: tuple[int, ...] = ()
+    #: Its status group (set by :meth:`Job.add`).
+    group: str = ""
 
     @property
     def settled(self) -> bool:
@@ -106,6 +115,8 @@ class Job:
     calls: dict[str, Call] = attrs.field(factory=dict)
     #: Calls not yet settled, by status group: what the monitor still lists.
     pending: dict[str, set[str]] = attrs.field(factory=dict)
+    #: Status groups with a call invoked at some time: the monitor looks no further into the others.
+    invoked_groups: set[str] = attrs.field(factory=set)
     #: How many calls have not settled yet.
     open: int = 0
     #: Last time (monotonic) a worker reported on one of its calls.
@@ -117,21 +128,24 @@ class Job:
 
     def add(self, call: Call) -> None:
         self.calls[call.call_id] = call
-        self.pending.setdefault(group_of(call.call_id), set()).add(call.call_id)
+        call.group = sys.intern(group_of(call.call_id))  # one string per group, not per call
+        self.pending.setdefault(call.group, set()).add(call.call_id)
         self.open += 1
 
     @property
     def finished(self) -> bool:
         return self.open == 0
 
-    def payload(self, calls: Iterable[Call]) -> dict[str, Any]:
-        entries = [{"call_id": c.call_id, "attempt": c.attempt, "args": c.args} for c in calls]
+    def payload(self, sent: Iterable[tuple[Call, int]]) -> dict[str, Any]:
+        """The invoke payload of these calls, each at the attempt given."""
+        entries = [{"call_id": c.call_id, "attempt": attempt, "args": c.args} for c, attempt in sent]
         return {**self.base_payload, "calls": entries}
 
 
-@attrs.frozen
+@attrs.define
 class Outcome:
-    """What one attempt of a call came to, as read from its status record (or decided by the client)."""
+    """What one attempt of a call came to, as read from its status record (or decided by the client).
+    (Not frozen: one is made per call, and a frozen class's ``__init__`` costs twice as much.)"""
 
     #: ``success``, ``exception``, ``died``, ``timeout``, ``error`` or ``refused``.
     kind: str
@@ -146,7 +160,7 @@ class TransitionError(RuntimeError):
     """A move that ``TRANSITIONS`` does not allow: a bug in whoever reported the event."""
 
 
-Effect = Callable[[], None]
+Effect = Callable[[], object]
 
 
 class CallTracker:
@@ -180,24 +194,19 @@ class CallTracker:
             for call in job.calls.values():
                 call.future._tracker = self
 
-    def invoked(
-        self,
-        calls: Iterable[Call],
-        attempt_of: dict[str, int],
-        issued: tuple[float, float],
-        throttled: int = 0,
-    ) -> None:
-        """The platform accepted one invocation carrying ``calls`` (at the attempts in ``attempt_of``),
-        sent at ``issued`` (``time.monotonic()``, ``time.time()``) after ``throttled`` refusals."""
+    def invoked(self, sent: Iterable[tuple[Call, int]], issued: tuple[float, float], throttled: int = 0) -> None:
+        """The platform accepted one invocation carrying these calls at these attempts, sent at
+        ``issued`` (``time.monotonic()``, ``time.time()``) after ``throttled`` refusals."""
         now, wall = issued
         with self._lock:
-            for call in calls:
-                if call.attempt != attempt_of[call.call_id] or call.settled:
-                    continue
+            for call, attempt in sent:
                 stats = call.future.stats
                 stats.setdefault("invoked", wall)
                 stats["invoke_retries"] = stats.get("invoke_retries", 0) + throttled
+                if call.attempt != attempt or call.settled:
+                    continue
                 call.invoked_at = now
+                call.job.invoked_groups.add(call.group)
                 if call.state is NEW:
                     self._move(call, INVOKED)
 
@@ -210,12 +219,12 @@ class CallTracker:
                 lost = f"the answer to an invocation of attempt {call.attempt} was lost: it may run twice"
                 _extra_work(call, "ambiguous", lost)
 
-    def invoke_failed(self, calls: Iterable[Call], attempt_of: dict[str, int], error: BaseException) -> None:
-        """The platform refused the invocation for good: the calls fail with ``error``."""
+    def invoke_failed(self, sent: Iterable[tuple[Call, int]], error: BaseException) -> None:
+        """The platform refused the invocation of these calls at these attempts for good: they fail with ``error``."""
         effects: list[Effect] = []
         with self._lock:
-            for call in calls:
-                if call.attempt == attempt_of[call.call_id] and not call.settled:
+            for call, attempt in sent:
+                if call.attempt == attempt and not call.settled:
                     effects += self._fail(call, error)
         _run(effects)
 
@@ -226,39 +235,46 @@ class CallTracker:
 
     def settle(self, call: Call, attempt: int, outcome: Outcome) -> None:
         """One attempt reported ``outcome`` (a status record, or a platform's event)."""
+        self.settle_all([(call, attempt, outcome)])
+
+    def settle_all(self, reports: Iterable[tuple[Call, int, Outcome]]) -> None:
+        """What :meth:`settle` does for each ``(call, attempt, outcome)``, under one hold of the lock."""
         effects: list[Effect] = []
+        now, wall = time.monotonic(), time.time()
         with self._lock:
-            if call.settled or attempt not in call.live:
-                return
-            if attempt in call.reported:
-                return
-            call.reported.add(attempt)
-            if call.state is NEW:  # the report beat the invoker's note that the platform accepted it
-                self._move(call, INVOKED)
-            stats = call.future.stats
-            delivery = max(1, int(outcome.stats.get("delivery") or 1))
-            stats["runs"] = stats.get("runs", 0) + delivery
-            if delivery > 1:
-                _extra_work(call, "redelivered", f"attempt {attempt} was delivered {delivery} times")
-            if outcome.kind in ("success", "exception"):
-                call.job.last_progress = time.monotonic()
-            if outcome.kind not in ("success", "exception") and call.live - {attempt}:
-                call.live.discard(attempt)  # the other attempt of this call may still answer
-                return
-            stats.update({k: v for k, v in outcome.stats.items() if k != "delivery"})
-            stats["done"] = time.time()
-            call.future.stdout, call.future.stderr = outcome.stdout, outcome.stderr
-            if outcome.kind == "success":
-                if call.invoked_at is not None:
-                    call.job.durations.append(time.monotonic() - call.invoked_at)
-                self._move(call, DONE)
-                effects.append(_settler(call.future, value=outcome.value))
-                effects += self._after_settling(call)
-            elif outcome.kind == "exception":
-                effects += self._fail(call, outcome.error or CallFailedError("the call raised an exception"))
-            else:
-                effects += self._failed_attempt(call, outcome)
+            for call, attempt, outcome in reports:
+                effects += self._report(call, attempt, outcome, now, wall)
         _run(effects)
+
+    def _report(self, call: Call, attempt: int, outcome: Outcome, now: float, wall: float) -> list[Effect]:
+        if call.settled or attempt not in call.live or attempt in call.reported:
+            return []
+        call.reported += (attempt,)
+        if call.state is NEW:  # the report beat the invoker's note that the platform accepted it
+            self._move(call, INVOKED)
+        stats = call.future.stats
+        delivery = max(1, int(outcome.stats.get("delivery") or 1))
+        stats["runs"] = stats.get("runs", 0) + delivery
+        if delivery > 1:
+            _extra_work(call, "redelivered", f"attempt {attempt} was delivered {delivery} times")
+        answered = outcome.kind in ("success", "exception")
+        if answered:
+            call.job.last_progress = now
+        elif call.live != (attempt,):
+            call.live = tuple(a for a in call.live if a != attempt)  # the other attempt may still answer
+            return []
+        stats.update(outcome.stats)
+        stats.pop("delivery", None)
+        stats["done"] = wall
+        call.future.stdout, call.future.stderr = outcome.stdout, outcome.stderr
+        if outcome.kind == "success":
+            if call.invoked_at is not None:
+                call.job.durations.append(now - call.invoked_at)
+            self._move(call, DONE)
+            return [functools.partial(call.future._settle, outcome.value), *self._after_settling(call)]
+        if outcome.kind == "exception":
+            return self._fail(call, outcome.error or CallFailedError("the call raised an exception"))
+        return self._failed_attempt(call, outcome)
 
     def lost(self, calls: Iterable[Call], message: str) -> None:
         """No worker reported on these calls within their timeout and grace: all declared together."""
@@ -267,7 +283,7 @@ class CallTracker:
             for call in calls:
                 if call.settled:
                     continue
-                call.live = {call.attempt}
+                call.live = (call.attempt,)
                 error = CallTimeoutError(message.format(call=f"{call.job.keys.job_id}/{call.call_id}"))
                 effects += self._failed_attempt(call, Outcome("timeout", error=error))
         _run(effects)
@@ -291,7 +307,7 @@ class CallTracker:
                 return False
             was_invoked = call.state is not NEW or call.invoked_at is not None
             self._move(call, CANCELLED)
-            effects.append(_settler(call.future, cancel=True))
+            effects.append(call.future._settle_cancelled)
             if was_invoked and not call.job.attached:
                 effects.append(lambda: self._stop_remote(call.job, [call.call_id]))
             effects += self._after_settling(call)
@@ -311,7 +327,7 @@ class CallTracker:
                 if (call.state is not NEW or call.invoked_at is not None) and not call.job.attached:
                     to_stop.setdefault(id(call.job), (call.job, []))[1].append(call.call_id)
                 self._move(call, CANCELLED)
-                effects.append(_settler(call.future, cancel=True))
+                effects.append(call.future._settle_cancelled)
                 effects += self._after_settling(call)
         stops = [lambda job=job, ids=ids: self._stop_remote(job, ids) for job, ids in to_stop.values()]
         _run(stops + effects)
@@ -353,7 +369,7 @@ class CallTracker:
 
     def _fail(self, call: Call, error: BaseException) -> list[Effect]:
         self._move(call, FAILED)
-        return [_settler(call.future, error=error), *self._after_settling(call)]
+        return [functools.partial(call.future._settle, None, error), *self._after_settling(call)]
 
     def _failed_attempt(self, call: Call, outcome: Outcome) -> list[Effect]:
         """An attempt that never ran to an answer: retry it while retries last, else fail the call."""
@@ -372,31 +388,19 @@ class CallTracker:
         call.attempt += 1
         call.future.attempt = call.attempt
         call.future.stats["attempts"] = call.attempt + 1
-        call.live = (call.live if keep_running else set()) | {call.attempt}
+        call.live = (*call.live, call.attempt) if keep_running else (call.attempt,)
         if not keep_running:
             self._move(call, NEW)
             call.invoked_at = None
 
     def _after_settling(self, call: Call) -> list[Effect]:
         job = call.job
-        job.pending[group_of(call.call_id)].discard(call.call_id)
+        job.pending[call.group].discard(call.call_id)
         job.open -= 1
         if not job.finished or job not in self.jobs:
             return []
         self.jobs.remove(job)
         return [lambda: self._retired(job)]
-
-
-def _settler(future: Any, value: Any = None, error: BaseException | None = None, cancel: bool = False) -> Effect:
-    def settle() -> None:
-        if cancel:
-            future._settle_cancelled()
-        elif error is not None:
-            future._settle(exception=error)
-        else:
-            future._settle(result=value)
-
-    return settle
 
 
 def _run(effects: list[Effect]) -> None:

@@ -18,6 +18,7 @@ job's objects are deleted.
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import itertools
 import json
@@ -308,6 +309,7 @@ class Executor(concurrent.futures.Executor):
         if self.runtime is not None:
             base_payload["runtime"] = self.runtime.name
         job = Job(keys, secret, base_payload, self.timeout)
+        condition, submitted = threading.Condition(), time.time()  # shared by the job's futures
         # A large map takes seconds to prepare: the bar shows from SUBMIT_BAR_DELAY on.
         bar = futures_module.progress_bar(len(calls), self._progress(), "submitting", SUBMIT_BAR_DELAY)
         signed: list[bytes] = []
@@ -325,7 +327,7 @@ class Executor(concurrent.futures.Executor):
                         ) from exc
                     cid = make_call_id(index, width)
                     signed.append(sign(secret, args_context(keys, cid), data))
-                    future = ResponseFuture(keys.executor_id, keys.job_id, cid)
+                    future = ResponseFuture(keys.executor_id, keys.job_id, cid, condition, submitted)
                     call = Call(job, cid, future, {})
                     future._call = call
                     job.add(call)
@@ -392,9 +394,10 @@ class Executor(concurrent.futures.Executor):
         attached = Job(keys, bytes.fromhex(manifest["secret"]), {}, manifest["timeout"], attached=True)
         width = max(5, len(str(manifest["calls"] - 1)))
         futures = []
+        condition, submitted = threading.Condition(), time.time()
         for index in range(manifest["calls"]):
             cid = make_call_id(index, width)
-            future = ResponseFuture(keys.executor_id, keys.job_id, cid)
+            future = ResponseFuture(keys.executor_id, keys.job_id, cid, condition, submitted)
             call = Call(attached, cid, future, {})
             future._call = call
             attached.add(call)
@@ -486,17 +489,15 @@ class _Engine:
         self.tracker.add_job(job)
         self.monitor.start()
         calls = list(job.calls.values())
-        for start in range(0, len(calls), chunksize):
-            self.invoker.submit(job, calls[start : start + chunksize])
+        self.invoker.submit(job, [calls[start : start + chunksize] for start in range(0, len(calls), chunksize)])
 
     def attach_job(self, job: Job) -> None:
         self.tracker.add_job(job)
-        calls = list(job.calls.values())
-        self.tracker.invoked(calls, {c.call_id: 0 for c in calls}, (time.monotonic(), time.time()))
+        self.tracker.invoked([(c, 0) for c in job.calls.values()], (time.monotonic(), time.time()))
         self.monitor.start()
 
     def _reinvoke(self, job: Job, calls: list[Call]) -> None:
-        self.invoker.submit(job, calls)
+        self.invoker.submit(job, [calls])
 
     def _retired(self, job: Job) -> None:
         if self.config.cleanup:
@@ -557,7 +558,11 @@ class _Engine:
 
 class _Invoker:
     """Issues invocations from a bounded thread pool, pacing them and waiting out throttling and
-    lost answers. Calls settled meanwhile (cancelled, done by a racing attempt) are left out."""
+    lost answers. Calls settled meanwhile (cancelled, done by a racing attempt) are left out.
+
+    Work waits in a deque that a job's invocations join all at once: the submitting thread takes
+    one lock per job, and an invoker thread only sleeps (and needs waking) when the deque is empty.
+    """
 
     def __init__(self, session: Session, tracker: CallTracker, threads: int, rate: float | None, give_up_after: float):
         self.session = session
@@ -565,37 +570,62 @@ class _Invoker:
         self.threads = threads
         self.pacer = Pacer(rate)
         self.give_up_after = give_up_after
-        self.queue: queue.SimpleQueue[tuple[Job, list[Call], dict[str, int]] | None] = queue.SimpleQueue()
+        #: One invocation each: its job, and its calls with the attempt each was queued for.
+        self._work: collections.deque[tuple[Job, list[tuple[Call, int]]]] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
         self._started: list[threading.Thread] = []
-        self._lock = threading.Lock()
         self._stopped = False
 
-    def submit(self, job: Job, calls: list[Call]) -> None:
-        if not self._started:
-            with self._lock:
-                while len(self._started) < self.threads and not self._stopped:
-                    thread = threading.Thread(target=self._run, name="pywren-invoker", daemon=True)
-                    thread.start()
-                    self._started.append(thread)
-        self.queue.put((job, calls, {c.call_id: c.attempt for c in calls}))
+    def submit(self, job: Job, invocations: list[list[Call]]) -> None:
+        """Queue one invocation per list of calls, at the calls' current attempts."""
+        items = [(job, [(c, c.attempt) for c in calls]) for calls in invocations]
+        with self._ready:
+            while len(self._started) < self.threads and not self._stopped:
+                thread = threading.Thread(target=self._run, name="pywren-invoker", daemon=True)
+                thread.start()
+                self._started.append(thread)
+            self._work.extend(items)
+            self._ready.notify(len(items))
 
     def stop(self) -> None:
-        with self._lock:
+        """The threads end once the work queued so far is done."""
+        with self._ready:
             self._stopped = True
-            for _ in self._started:
-                self.queue.put(None)
+            self._ready.notify_all()
+
+    def _next(self) -> tuple[Job, list[tuple[Call, int]]] | None:
+        while True:
+            try:
+                return self._work.popleft()
+            except IndexError:
+                pass
+            with self._ready:
+                if self._stopped and not self._work:
+                    return None
+                if not self._work:
+                    self._ready.wait()
 
     def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            job, calls, attempt_of = item
-            live = [c for c in calls if not c.settled and c.attempt == attempt_of[c.call_id]]
-            if live:
-                self._invoke(job, live, attempt_of)
+        while self._invoke_next():
+            pass
 
-    def _invoke(self, job: Job, calls: list[Call], attempt_of: dict[str, int]) -> None:
-        """Invoke until the platform accepts: throttling for up to ``give_up_after`` seconds (our
-        own pacing not counted), a lost answer up to AMBIGUOUS_TRIES times in a row."""
-        payload = job.payload(calls)
+    def _invoke_next(self) -> bool:
+        """Invoke the next queued calls still live; False once stopped. (A function of its own, so
+        that a thread waiting for work holds no job: a finished job's calls are freed.)"""
+        item = self._next()
+        if item is None:
+            return False
+        job, queued = item
+        live = [(c, attempt) for c, attempt in queued if c.attempt == attempt and not c.settled]
+        if live:
+            self._invoke(job, live)
+        return True
+
+    def _invoke(self, job: Job, sent: list[tuple[Call, int]]) -> None:
+        """Invoke these calls at these attempts until the platform accepts: throttling for up to
+        ``give_up_after`` seconds (our own pacing not counted), a lost answer up to AMBIGUOUS_TRIES
+        times in a row."""
+        payload = job.payload(sent)
         started = None
         throttled = ambiguous = 0
         for attempt in itertools.count():
@@ -609,16 +639,16 @@ class _Invoker:
                     throttled += 1
                 else:
                     ambiguous += 1
-                    self.tracker.ambiguous(calls)
+                    self.tracker.ambiguous(c for c, _ in sent)
                 waited = time.monotonic() - started
                 if waited > self.give_up_after or ambiguous >= AMBIGUOUS_TRIES:
                     error = InvokeError(
                         f"the platform did not accept the invocation ({attempt + 1} tries in {waited:.1f} s); "
                         f"the last answer: {exc}"
                     )
-                    self.tracker.invoke_failed(calls, attempt_of, error)
+                    self.tracker.invoke_failed(sent, error)
                     return
-                if all(c.settled for c in calls):  # cancelled while we waited
+                if all(c.settled for c, _ in sent):  # cancelled while we waited
                     return
                 time.sleep(backoff_delay(min(attempt, 7), getattr(exc, "retry_after", None)))
                 continue
@@ -628,9 +658,9 @@ class _Invoker:
                     if isinstance(exc, PywrenError)
                     else InvokeError(f"invoking failed: {type(exc).__name__}: {exc}")
                 )
-                self.tracker.invoke_failed(calls, attempt_of, error)
+                self.tracker.invoke_failed(sent, error)
                 return
-            self.tracker.invoked(calls, attempt_of, issued, throttled=throttled)
+            self.tracker.invoked(sent, issued, throttled=throttled)
             return
 
 
@@ -652,8 +682,16 @@ class _Cleaner:
         self.queue.put(job)
 
     def _run(self) -> None:
-        while (job := self.queue.get()) is not None:
-            self.clean(job)
+        while self._clean_next():
+            pass
+
+    def _clean_next(self) -> bool:
+        """Clean the next job; False once stopped (a function, so that waiting holds no job)."""
+        job = self.queue.get()
+        if job is None:
+            return False
+        self.clean(job)
+        return True
 
     def clean(self, job: Job) -> None:
         try:
@@ -792,10 +830,8 @@ class _Monitor:
                     )
                     written = Outcome(event.kind, error=error)
                 self.tracker.settle(call, event.attempt, written)
-        # Read the finished calls' statuses as a listing round does: in parallel, in runs per I/O thread.
-        for (_, call, attempt, _), outcome in zip(done, self._fetch_all(done), strict=True):
-            if outcome is not None:  # not visible yet: the listing finds it
-                self.tracker.settle(call, attempt, outcome)
+        # Read the finished calls' statuses as a listing round does (one not visible yet, the listing finds).
+        self._settle_found(done)
 
     def _poll(self, jobs: list[Job]) -> tuple[bool, float]:
         """Report the attempts whose status appeared; return whether any did, and the listing's cost."""
@@ -811,14 +847,20 @@ class _Monitor:
         listing = time.monotonic() - listing_started
         if not found:
             return False, listing
-        for (_, call, attempt, _), outcome in zip(found, self._fetch_all(found), strict=True):
-            if outcome is not None:
-                self.tracker.settle(call, attempt, outcome)
+        self._settle_found(found)
         return True, listing
+
+    def _settle_found(self, found: list[tuple[Job, Call, int, str]]) -> None:
+        """Read the statuses ``found`` and report those that could be read to the tracker, at once."""
+        outcomes = self._fetch_all(found)
+        pairs = zip(found, outcomes, strict=True)
+        self.tracker.settle_all([(call, attempt, out) for (_, call, attempt, _), out in pairs if out is not None])
 
     def _list_job(self, job: Job) -> list[tuple[Job, Call, int, str]]:
         found = []
         for group, pending in list(job.pending.items()):
+            if group not in job.invoked_groups:  # none invoked yet: no call to look for each round
+                continue
             if not any(job.calls[c].invoked_at is not None for c in list(pending)):
                 continue
             for key in self.session.list(job.keys.status_group(group)):

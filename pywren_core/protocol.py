@@ -95,9 +95,11 @@ class JobKeys:
 
     executor_id: str
     job_id: str
+    #: ``pywren.jobs/<executor>/<job>/``, made once: every key and signing context starts with it.
+    prefix: str = attrs.field(init=False, repr=False, eq=False)
 
-    @property
-    def prefix(self) -> str:
+    @prefix.default
+    def _prefix(self) -> str:
         return f"{JOBS_PREFIX}/{self.executor_id}/{self.job_id}/"
 
     @property
@@ -112,7 +114,7 @@ class JobKeys:
         return f"{self.prefix}status/{group}/"
 
     def status(self, call: str, attempt: int) -> str:
-        return f"{self.status_group(group_of(call))}{call}.{attempt}.json"
+        return f"{self.prefix}status/{group_of(call)}/{call}.{attempt}.json"
 
     def result(self, call: str, attempt: int) -> str:
         return f"{self.prefix}result/{call}.{attempt}.pickle"

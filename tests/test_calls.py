@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -52,7 +53,7 @@ class Recorder:
         return job, made
 
     def invoke(self, *calls: Call) -> None:
-        self.tracker.invoked(calls, {c.call_id: c.attempt for c in calls}, (time.monotonic(), time.time()))
+        self.tracker.invoked([(c, c.attempt) for c in calls], (time.monotonic(), time.time()))
 
 
 def test_success_settles_the_future_and_retires_the_job():
@@ -89,7 +90,7 @@ def test_a_died_attempt_is_retried_then_fails_with_a_note():
 def test_a_refused_invocation_fails_the_call_and_still_retires_the_job():
     r = Recorder()
     _, (a,) = r.job(1)
-    r.tracker.invoke_failed([a], {"00000": 0}, InvokeError("no such function"))
+    r.tracker.invoke_failed([(a, 0)], InvokeError("no such function"))
     assert a.state is FAILED and isinstance(a.future.exception(0), InvokeError)
     assert r.retired == ["j0000"]
 
@@ -133,7 +134,7 @@ def test_speculation_races_two_attempts_and_the_first_answer_wins():
     _, (a,) = r.job(1)
     r.invoke(a)
     r.tracker.speculate(a)
-    assert a.live == {0, 1} and a.state is INVOKED and r.reinvoked == [("00000", 1)]
+    assert a.live == (0, 1) and a.state is INVOKED and r.reinvoked == [("00000", 1)]
     r.tracker.settle(a, 1, Outcome("timeout", error=CallTimeoutError("slow")))
     assert not a.future.done(), "the original may still answer"
     r.tracker.settle(a, 0, Outcome("success", value=5))
@@ -191,3 +192,19 @@ def test_storage_throttling_is_retried_a_bounded_number_of_times_with_a_capped_h
         backend.retry_throttled(always_throttled)
     assert len(tries) == backend.STORAGE_ATTEMPTS
     assert slept == [backend.RETRY_AFTER_CAP] * (backend.STORAGE_ATTEMPTS - 1)
+
+
+def test_futures_sharing_a_condition_wait_for_their_own_result():
+    condition = threading.Condition()
+    first, second = (ResponseFuture("e", "j0000", f"{i:05d}", condition) for i in range(2))
+    results: list = []
+    waiter = threading.Thread(target=lambda: results.append(second.result()))
+    waiter.start()
+    time.sleep(0.05)
+    first._settle(1)  # wakes every waiter on the shared condition
+    time.sleep(0.05)
+    assert waiter.is_alive(), "a wake-up for another future is not this one's result"
+    second._settle(2)
+    waiter.join(5)
+    assert results == [2] and first.result(0) == 1
+
