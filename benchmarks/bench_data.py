@@ -20,10 +20,13 @@ back digests of the modules its worker imported, compared with the tree's files)
   ``download_blob(offset, length)``.
 
 **Throughput.** ``--gigabytes`` of text lines (GB = 10^9 bytes) in ``--objects`` objects, cut into
-``--piece-mib`` pieces by the map. Two workloads, each reading every byte and doing next to nothing with
-it, so the figure is the read path: ``len(piece.read())`` (one ranged read of exactly the piece's lines,
-after a 64 KiB read at each end inside its object to find them), and a streaming pass ``f.read(1 MiB)``
-until the end over ``piece.open()`` (ranged reads of the backend's ``data_block_size``). Each map is
+``--piece-mib`` pieces by the map. Workloads, each reading every byte and doing next to nothing with
+it, so the figure is the read path: ``read``, ``len(piece.read())`` (one ranged read of exactly the
+piece's lines, after a 64 KiB read at each end inside its object to find them); ``stream``, ``f.read(1
+MiB)`` until the end over ``piece.open()`` (one ranged GET through the backend's ``pywren_data_open``,
+from the byte before the piece to 64 KiB past it); and, not by default, ``open-read``, ``len(f.read())``
+over ``piece.open()``: that one GET read whole, its ends cut off and the rest joined (one copy), the
+other way ``read()`` could go. Each map is
 timed from the call to ``map`` (which lists and plans) until every result is in, on one executor warmed
 by a first untimed map; every run checks the bytes read. The platform runs ``--concurrency`` calls at
 once (Lambda runtimes, gunicorn threads, Functions host slots, local workers). The raw side reads the
@@ -31,8 +34,8 @@ same pieces' byte ranges with the platform's SDK, one ranged GET per piece read 
 as it arrives (its pieces are given, so it does no listing), from as many threads of this process and,
 apart, from as many processes (a Python SDK in threads can be bound by the GIL; the map's calls run in
 processes). For streaming, "raw blocks" also reads each piece in ranged GETs of ``data_block_size`` one
-after another, the requests ``piece.open()`` makes. Plugin and raw runs alternate; figures are medians
-of ``--repeats`` runs; the ratio is plugin / the faster raw side. The calls' own stats then say where
+after another, the requests ``piece.open()`` makes without ``pywren_data_open``. Plugin and raw runs
+alternate; figures are medians of ``--repeats`` runs; the ratio is plugin / the faster raw side. The calls' own stats then say where
 the plugin's time goes: a piece's read inside a call against a raw process's, reads in flight, the time
 each call holds its slot besides reading, and the latency before the first call and after the last.
 
@@ -95,7 +98,14 @@ def stream_piece(piece: Any) -> int:
         return sum(len(b) for b in iter(lambda: f.read(STREAM_READ), b""))
 
 
-WORKLOADS: dict[str, Callable[[Any], int]] = {"read": read_piece, "stream": stream_piece}
+def open_read_piece(piece: Any) -> int:
+    with piece.open() as f:
+        return len(f.read())
+
+
+WORKLOADS: dict[str, Callable[[Any], int]] = {"read": read_piece, "stream": stream_piece, "open-read": open_read_piece}
+#: What the raw side does for each workload (see ``raw_do``).
+RAW_HOW = {"read": "read", "stream": "stream", "open-read": "read"}
 
 
 def code_digests(modules: list[str]) -> dict[str, str]:
@@ -289,7 +299,8 @@ def make_raw(spec: tuple[str, dict[str, Any]]) -> Any:
 
 def raw_do(raw: Any, how: str, bucket: str, key: str, start: int, end: int, block: int) -> int:
     """Read bytes [start, end) of an object: one ranged GET read whole (``read``) or in 1 MiB reads as it
-    arrives (``stream``), or ranged GETs of ``block`` bytes one after another, as ``piece.open()`` does."""
+    arrives (``stream``), or ranged GETs of ``block`` bytes one after another, as ``piece.open()`` does
+    without ``pywren_data_open``."""
     if how == "read":
         return raw.read(bucket, key, start, end)
     if how == "stream":
@@ -645,9 +656,10 @@ def throughput(platform: Platform, args: argparse.Namespace, lithops: Lithops | 
         for workload in args.workloads:
             sides: list[tuple[str, Callable[[], float]]] = [
                 (case.name, functools.partial(plugin_run, case, workload)) for case in platform.cases]
-            sides += [("raw threads", functools.partial(raw_run, workload, threads, f"threads {workload}")),
-                      ("raw processes", functools.partial(raw_run, workload, processes, f"processes {workload}"))]
-            if workload == "stream":  # the same requests as piece.open() makes: data_block_size each
+            how = RAW_HOW[workload]
+            sides += [("raw threads", functools.partial(raw_run, how, threads, f"threads {workload}")),
+                      ("raw processes", functools.partial(raw_run, how, processes, f"processes {workload}"))]
+            if workload == "stream":  # the requests piece.open() makes without pywren_data_open
                 sides.append(("raw blocks", functools.partial(raw_run, "blocks", processes, "blocks stream")))
             if lithops is not None:
                 sides.append(("lithops", functools.partial(lithops_run, workload)))
@@ -890,7 +902,8 @@ def main() -> None:
     parser.add_argument("--piece-mib", type=int, default=64, help="obj_chunk_size, in MiB")
     parser.add_argument("--concurrency", type=int, default=4, help="calls the platform runs at once, and raw threads")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workloads", default="read,stream", help="read, stream, both, or '' for none")
+    parser.add_argument("--workloads", default="read,stream",
+                        help="comma-separated: read, stream, open-read; '' for none")
     parser.add_argument("--keys", type=int, default=100_000, help="keys to list and plan (0: skip)")
     parser.add_argument("--keys-on", default="local", help="backends to create --keys objects on (comma-separated)")
     parser.add_argument("--keys-repeats", type=int, default=3, help="timed listings of each kind")
@@ -902,7 +915,7 @@ def main() -> None:
     args.keys_on = [b for b in args.keys_on.split(",") if b]
     unknown = (set(args.backends) | set(args.keys_on)) - set(BACKENDS) or set(args.workloads) - set(WORKLOADS)
     if unknown:
-        parser.error(f"unknown {sorted(unknown)}: backends are {', '.join(BACKENDS)}, workloads read, stream")
+        parser.error(f"unknown {sorted(unknown)}: backends are {', '.join(BACKENDS)}, workloads {', '.join(WORKLOADS)}")
     if args.here:
         run_here(args.backends[0], args)
         return
