@@ -376,7 +376,7 @@ class Executor(concurrent.futures.Executor):
                 return [{"inline": text} for text in inline]
         specs, offset = [], 0
         for blob in signed:
-            specs.append({"key": keys.args, "range": [offset, offset + len(blob)]})
+            specs.append({"key": keys.args, "range": (offset, offset + len(blob))})  # a tuple: not tracked by the GC
             offset += len(blob)
         self.session.put(keys.args, b"".join(signed))
         return specs
@@ -570,15 +570,16 @@ class _Invoker:
         self.threads = threads
         self.pacer = Pacer(rate)
         self.give_up_after = give_up_after
-        #: One invocation each: its job, and its calls with the attempt each was queued for.
-        self._work: collections.deque[tuple[Job, list[tuple[Call, int]]]] = collections.deque()
+        #: One invocation each: its job, its calls and the attempt each was queued for (fewer
+        #: objects for the garbage collector to walk than a pair per call).
+        self._work: collections.deque[tuple[Job, list[Call], tuple[int, ...]]] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._started: list[threading.Thread] = []
         self._stopped = False
 
     def submit(self, job: Job, invocations: list[list[Call]]) -> None:
         """Queue one invocation per list of calls, at the calls' current attempts."""
-        items = [(job, [(c, c.attempt) for c in calls]) for calls in invocations]
+        items = [(job, calls, tuple([c.attempt for c in calls])) for calls in invocations]
         with self._ready:
             while len(self._started) < self.threads and not self._stopped:
                 thread = threading.Thread(target=self._run, name="pywren-invoker", daemon=True)
@@ -593,7 +594,7 @@ class _Invoker:
             self._stopped = True
             self._ready.notify_all()
 
-    def _next(self) -> tuple[Job, list[tuple[Call, int]]] | None:
+    def _next(self) -> tuple[Job, list[Call], tuple[int, ...]] | None:
         while True:
             try:
                 return self._work.popleft()
@@ -615,7 +616,8 @@ class _Invoker:
         item = self._next()
         if item is None:
             return False
-        job, queued = item
+        job, calls, attempts = item
+        queued = zip(calls, attempts, strict=True)
         live = [(c, attempt) for c, attempt in queued if c.attempt == attempt and not c.settled]
         if live:
             self._invoke(job, live)

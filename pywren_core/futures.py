@@ -61,7 +61,7 @@ class ResponseFuture(concurrent.futures.Future):
             self._result = None
             self._exception = None
             self._waiters: list[Any] = []
-            self._done_callbacks: list[Any] = []
+            self._done_callbacks: list[Any] | tuple[()] = ()  # a list once a callback is added
         self.executor_id = executor_id
         self.job_id = job_id
         self.call_id = call_id
@@ -87,6 +87,12 @@ class ResponseFuture(concurrent.futures.Future):
 
     def running(self) -> bool:
         return self.status in ("invoked", "running")
+
+    def add_done_callback(self, fn: Any) -> None:
+        with self._condition:  # few futures get a callback: a shared empty tuple until one does
+            if not isinstance(self._done_callbacks, list):
+                self._done_callbacks = []
+        super().add_done_callback(fn)
 
     def result(self, timeout: float | None = None) -> Any:
         self._wait_done(timeout)
