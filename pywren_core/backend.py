@@ -6,16 +6,18 @@ inlining, timeouts and the invocation rate to its :class:`Limits`.
 
 from __future__ import annotations
 
+import itertools
+import json
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
 
-from pywren_core.errors import ConfigError, ThrottledError
+from pywren_core.errors import AmbiguousInvokeError, ConfigError, InvokeError, ThrottledError
 
 T = TypeVar("T")
 
@@ -171,6 +173,34 @@ class CallEvent:
     message: str = ""
 
 
+def done_notice(payload: Mapping[str, Any], summary: Iterable[Mapping[str, Any]]) -> str:
+    """What a handler sends the client once ``harness.serve(payload)`` returned ``summary``: the
+    job's ids and each call's ``[call_id, attempt]``, never the payload's secret or a result.
+
+    For a platform that does not tell the client a call ended: the plugin's handler sends this
+    through a channel of the client's (a queue), and the client turns it back into "done" events
+    with :func:`done_events`. A notice is a hint: the core reads the status it points at and
+    checks its signature, so a forged one costs a read and settles nothing.
+    """
+    calls = [[entry["call_id"], entry["attempt"]] for entry in summary]
+    return json.dumps({"executor_id": payload["executor_id"], "job_id": payload["job_id"], "calls": calls},
+                      separators=(",", ":"))
+
+
+def done_events(notice: str) -> list[CallEvent]:
+    """The "done" events of a :func:`done_notice`; none for anything that is not one."""
+    try:
+        parsed = json.loads(notice)
+        ids = (parsed["executor_id"], parsed["job_id"])
+        calls = [(call_id, attempt) for call_id, attempt in parsed["calls"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not all(isinstance(i, str) for i in ids):
+        return []
+    return [CallEvent(ids[0], ids[1], call_id, attempt, "done")
+            for call_id, attempt in calls if isinstance(call_id, str) and type(attempt) is int]
+
+
 #: Longest pause the core takes on a platform's Retry-After hint: a bad hint never stalls a job.
 RETRY_AFTER_CAP = 30.0
 #: Tries of one storage operation that the platform throttles, in the core. The SDKs retry
@@ -217,6 +247,56 @@ class Pacer:
             slot = max(time.monotonic(), self._next)
             self._next = slot + self.interval
         time.sleep(max(0.0, slot - time.monotonic()))
+
+
+#: Invocations in a row whose answer was lost before the calls fail: the platform is unreachable.
+AMBIGUOUS_TRIES = 5
+
+
+@attrs.define
+class Accepted:
+    """How one invocation went: when the request the platform accepted was sent (a ``time.time()``;
+    None: its calls were cancelled while it waited), after how many refusals and lost answers."""
+
+    at: float | None = None
+    throttled: int = 0
+    ambiguous: int = 0
+
+
+def invoke_until_accepted(
+    invoke: Callable[[Any], None], payload: Any, pacer: Pacer, give_up_after: float,
+    on_ambiguous: Callable[[], None] = lambda: None, cancelled: Callable[[], bool] = lambda: False,
+) -> Accepted:
+    """Invoke ``payload`` until the platform accepts it, as the client's invoker and a fan-out
+    invoker both do: throttling waited out for up to ``give_up_after`` seconds (pacing not
+    counted), a lost answer invoked again up to AMBIGUOUS_TRIES times in a row (``on_ambiguous``
+    is told of each: its calls may run twice). Raises InvokeError when it gives up, and whatever
+    else the hook raised (a refusal for good); the caller decides what that fails."""
+    result = Accepted()
+    started = None
+    for attempt in itertools.count():
+        pacer.wait()
+        started = started or time.monotonic()
+        sent = time.time()
+        try:
+            invoke(payload)
+        except (ThrottledError, AmbiguousInvokeError) as exc:
+            if isinstance(exc, ThrottledError):
+                result.throttled += 1
+            else:
+                result.ambiguous += 1
+                on_ambiguous()
+            waited = time.monotonic() - started
+            if waited > give_up_after or result.ambiguous >= AMBIGUOUS_TRIES:
+                raise InvokeError(f"the platform did not accept the invocation ({attempt + 1} tries in "
+                                  f"{waited:.1f} s); the last answer: {exc}") from None
+            if cancelled():
+                return result
+            time.sleep(backoff_delay(min(attempt, 7), getattr(exc, "retry_after", None)))
+            continue
+        result.at = sent
+        return result
+    raise AssertionError("unreachable")
 
 
 class Session:
@@ -281,6 +361,9 @@ class Session:
 
     def prepare(self) -> None:
         self._call("pywren_prepare")
+
+    def fanout_threshold(self) -> int | None:
+        return self._call("pywren_fanout")
 
     def cancel(self, executor_id: str, job_id: str, call_ids: Sequence[str]) -> None:
         self._call("pywren_cancel", executor_id=executor_id, job_id=job_id, call_ids=list(call_ids))

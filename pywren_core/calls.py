@@ -200,6 +200,8 @@ class CallTracker:
         now, wall = issued
         with self._lock:
             for call, attempt in sent:
+                # The stats say what happened even when the call has moved on meanwhile (a fan-out
+                # invoker's report can come after the call's own result).
                 stats = call.future.stats
                 stats.setdefault("invoked", wall)
                 stats["invoke_retries"] = stats.get("invoke_retries", 0) + throttled

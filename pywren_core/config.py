@@ -71,6 +71,11 @@ class Config:
         None, (str, dict), "the packages calls run with: {requirements: [...]} or a name from runtimes", optional=True
     )
     runtimes: Mapping[str, Any] = _setting({}, dict, "named runtimes, chosen with runtime: NAME or executor(runtime=)")
+    fanout: str | int = _setting(
+        "auto", (str, int), "invoke large maps from inside the platform: auto (from the backend's threshold), off, "
+        "or the smallest number of invocations to fan out"
+    )
+    fanout_batch: int = _setting(500, int, "invocations each fan-out invoker makes")
     #: Raw sections for backends, by name (validated per backend by :meth:`backend_section`).
     sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     #: Where each key's value came from, for error messages.

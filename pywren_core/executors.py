@@ -38,12 +38,12 @@ import attrs
 from pywren_core import __version__, manifests, serialize
 from pywren_core import config as config_module
 from pywren_core import data as data_module
+from pywren_core import fanout as fanout_module
 from pywren_core import futures as futures_module
-from pywren_core.backend import Pacer, Session, backoff_delay
+from pywren_core.backend import Pacer, Session, invoke_until_accepted
 from pywren_core.calls import FAILURES, Call, CallTracker, Job, Outcome
 from pywren_core.data import Storage
 from pywren_core.errors import (
-    AmbiguousInvokeError,
     ConfigError,
     InvokeError,
     NotFoundError,
@@ -53,7 +53,6 @@ from pywren_core.errors import (
     SerializationError,
     SignatureError,
     StorageError,
-    ThrottledError,
 )
 from pywren_core.faults import FaultConfig, FaultInjector
 from pywren_core.futures import ALL_COMPLETED, ResponseFuture
@@ -95,8 +94,10 @@ LISTING_FAILURES = 3
 #: Seconds the invoker waits out a platform's throttling before failing the calls (at least; a
 #: longer call timeout is used when there is one).
 INVOKE_PATIENCE = 60.0
-#: Invocations in a row whose answer was lost before the calls fail: the platform is unreachable.
-AMBIGUOUS_TRIES = 5
+#: Seconds a fan-out invoker the platform accepted has to start (counted from the job's last
+#: progress too), and half the time it has to report once started, before the client invokes its
+#: batch itself (each call then counts a possible extra run).
+FANOUT_REPORT_WAIT = 120.0
 #: Seconds the monitor gets to finish its round when the executor stops.
 STOP_TIMEOUT = 10.0
 #: A job whose submission takes longer than this shows a "submitting" bar (when progress is on),
@@ -469,6 +470,11 @@ class _Engine:
         threads = max(1, min(config.invoke_threads, limits.max_concurrency))
         patience = max(timeout, INVOKE_PATIENCE)
         self.invoker = _Invoker(session, self.tracker, threads, limits.max_invoke_rate, patience)
+        threshold = fanout_module.threshold(config.fanout, session, config.sources.get("fanout", "config"))
+        if threshold is not None:
+            self.invoker.fanout = fanout_module.FanOut(
+                session, self.tracker, lambda job, calls: self.invoker.submit(job, calls, fan_out=False), threshold,
+                report_wait=FANOUT_REPORT_WAIT, batch_size=config.fanout_batch)
         self.cleaner = _Cleaner(session)
         self.monitor = _Monitor(self)
         self.stopping = False
@@ -570,16 +576,22 @@ class _Invoker:
         self.threads = threads
         self.pacer = Pacer(rate)
         self.give_up_after = give_up_after
-        #: One invocation each: its job, its calls and the attempt each was queued for (fewer
-        #: objects for the garbage collector to walk than a pair per call).
-        self._work: collections.deque[tuple[Job, list[Call], tuple[int, ...]]] = collections.deque()
+        #: Large maps' invocations are made by invokers in the platform (``pywren_core.fanout``), or None.
+        self.fanout: fanout_module.FanOut | None = None
+        #: One invocation each: its job, its calls and the attempt each was queued for; or one
+        #: fan-out invoker's batch of them.
+        self._work: collections.deque[tuple[Job, list[Call], tuple[int, ...]] | fanout_module.Batch] = (
+            collections.deque()
+        )
         self._ready = threading.Condition(threading.Lock())
         self._started: list[threading.Thread] = []
         self._stopped = False
 
-    def submit(self, job: Job, invocations: list[list[Call]]) -> None:
-        """Queue one invocation per list of calls, at the calls' current attempts."""
-        items = [(job, calls, tuple([c.attempt for c in calls])) for calls in invocations]
+    def submit(self, job: Job, invocations: list[list[Call]], fan_out: bool = True) -> None:
+        """Queue one invocation per list of calls, at the calls' current attempts; enough of them
+        (the fan-out threshold) go in batches, one invoker each, unless not ``fan_out``."""
+        batches = self.fanout.batches(job, invocations) if fan_out and self.fanout is not None else []
+        items = batches or [(job, calls, tuple([c.attempt for c in calls])) for calls in invocations]
         with self._ready:
             while len(self._started) < self.threads and not self._stopped:
                 thread = threading.Thread(target=self._run, name="pywren-invoker", daemon=True)
@@ -616,6 +628,9 @@ class _Invoker:
         item = self._next()
         if item is None:
             return False
+        if isinstance(item, fanout_module.Batch):
+            self.fanout.invoke(item, self.pacer, self.give_up_after)  # type: ignore[union-attr]
+            return True
         job, calls, attempts = item
         queued = zip(calls, attempts, strict=True)
         live = [(c, attempt) for c, attempt in queued if c.attempt == attempt and not c.settled]
@@ -624,46 +639,21 @@ class _Invoker:
         return True
 
     def _invoke(self, job: Job, sent: list[tuple[Call, int]]) -> None:
-        """Invoke these calls at these attempts until the platform accepts: throttling for up to
-        ``give_up_after`` seconds (our own pacing not counted), a lost answer up to AMBIGUOUS_TRIES
-        times in a row."""
-        payload = job.payload(sent)
-        started = None
-        throttled = ambiguous = 0
-        for attempt in itertools.count():
-            self.pacer.wait()
-            issued = (time.monotonic(), time.time())
-            started = started or issued[0]
-            try:
-                self.session.invoke(payload)
-            except (ThrottledError, AmbiguousInvokeError) as exc:
-                if isinstance(exc, ThrottledError):
-                    throttled += 1
-                else:
-                    ambiguous += 1
-                    self.tracker.ambiguous(c for c, _ in sent)
-                waited = time.monotonic() - started
-                if waited > self.give_up_after or ambiguous >= AMBIGUOUS_TRIES:
-                    error = InvokeError(
-                        f"the platform did not accept the invocation ({attempt + 1} tries in {waited:.1f} s); "
-                        f"the last answer: {exc}"
-                    )
-                    self.tracker.invoke_failed(sent, error)
-                    return
-                if all(c.settled for c, _ in sent):  # cancelled while we waited
-                    return
-                time.sleep(backoff_delay(min(attempt, 7), getattr(exc, "retry_after", None)))
-                continue
-            except Exception as exc:
-                error = (
-                    exc
-                    if isinstance(exc, PywrenError)
-                    else InvokeError(f"invoking failed: {type(exc).__name__}: {exc}")
-                )
-                self.tracker.invoke_failed(sent, error)
-                return
-            self.tracker.invoked(sent, issued, throttled=throttled)
+        """Invoke these calls at these attempts until the platform accepts (see
+        ``backend.invoke_until_accepted``); a lost answer counts a possible extra run for each."""
+        try:
+            accepted = invoke_until_accepted(
+                self.session.invoke, job.payload(sent), self.pacer, self.give_up_after,
+                on_ambiguous=lambda: self.tracker.ambiguous(c for c, _ in sent),
+                cancelled=lambda: all(c.settled for c, _ in sent),
+            )
+        except Exception as exc:
+            if not isinstance(exc, PywrenError):
+                exc = InvokeError(f"invoking failed: {type(exc).__name__}: {exc}")
+            self.tracker.invoke_failed(sent, exc)
             return
+        if accepted.at is not None:
+            self.tracker.invoked(sent, (time.monotonic(), accepted.at), throttled=accepted.throttled)
 
 
 class _Cleaner:

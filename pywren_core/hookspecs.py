@@ -162,6 +162,18 @@ def pywren_invoke(session: Any, payload: Mapping[str, Any], backend: str) -> Non
     """
 
 
+@hookspec(firstresult=True)
+def pywren_fanout(session: Any, backend: str) -> int | None:
+    """Optional. From how many invocations a map is fanned out, or None (the default): never.
+
+    A fanned-out map's invocations are made from inside the platform by a few *invoker* calls
+    (:mod:`pywren_core.fanout`), so the client's link carries a handful of requests instead of one
+    per call. The invokers call ``pywren_invoke`` in a worker's session (``role="worker"``), with
+    the platform's own credentials, to start the function they run in; a backend returns a number
+    only if that works. The user's ``fanout`` setting can turn it off or change the number.
+    """
+
+
 @hookspec
 def pywren_prepare(session: Any, backend: str) -> None:
     """Optional. Get ready to invoke (start warm workers, open connections) without waiting for it;

@@ -1339,3 +1339,101 @@ class HangUpServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _InvokeCounter:
+    """Counts the client's invocations: fan-out invokers, and invocations of calls."""
+
+    def __init__(self) -> None:
+        self.invokers = 0
+        self.direct: list[str] = []
+        self._lock = threading.Lock()
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_invoke(self, payload: dict[str, Any]) -> Any:
+        result = yield
+        with self._lock:
+            if payload.get("fanout"):
+                self.invokers += 1
+            else:
+                self.direct += [c["call_id"] for c in payload["calls"]]
+        return result
+
+
+class _TamperBatches:
+    """Changes one byte of each fan-out batch in the bucket, through a session of its own, as
+    someone with write access could, just before its invoker is invoked: the invoker must refuse it."""
+
+    def __init__(self, store: Session) -> None:
+        self.store = store
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_invoke(self, payload: dict[str, Any]) -> Any:
+        if payload.get("fanout"):
+            blob = self.store.get(payload["fanout"])
+            self.store.put(payload["fanout"], blob[:-1] + bytes([blob[-1] ^ 1]))
+        return (yield)
+
+
+class _HideReports:
+    """Reads of fan-out reports find nothing: the client must not wait for them forever."""
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_storage_get(self, key: str) -> Any:
+        result = yield
+        if key.endswith(".report"):
+            raise NotFoundError(f"{key} (hidden by the test)")
+        return result
+
+
+class FanOutConformance(_Isolated):
+    """For a backend whose plugin declares ``pywren_fanout``: large maps invoked by invokers that run
+    on the platform (:mod:`pywren_core.fanout`). Fan-out is forced on small maps (``fanout: 1``,
+    ``batch`` invocations per invoker)."""
+
+    map_size = 40
+    batch = 10
+    timeout = 180.0
+
+    def fanned_executor(self, pywren_config: dict[str, Any], wrappers: Sequence[Any]) -> pw.Executor:
+        return pw.executor(pywren_config, wrappers=list(wrappers), fanout=1, fanout_batch=self.batch,
+                           progress=False, retries=0)
+
+    def test_a_fanned_out_map_is_invoked_from_the_platform(self, pywren_config: dict[str, Any]) -> None:
+        """The client invokes one invoker per batch and no call; every call runs once, with the time
+        its invocation was accepted in its stats, and nothing counts as an extra run."""
+        watch, counter = StrictWatch(_secret_values(pywren_config)), _InvokeCounter()
+        with watch.watching(), self.fanned_executor(pywren_config, [watch, counter]) as ex:
+            futures = ex.map(square, range(self.map_size))
+            assert ex.get_result(futures, timeout=self.timeout) == [x * x for x in range(self.map_size)]
+        watch.check(futures)
+        assert counter.invokers == -(-self.map_size // self.batch) and counter.direct == []
+        assert all("invoked" in f.stats for f in futures)
+
+    def test_a_tampered_batch_invokes_nothing_and_the_client_invokes_it(self, pywren_config: dict[str, Any]) -> None:
+        """A batch changed in the bucket fails its signature: the invoker invokes none of it and
+        reports so, and the client invokes those calls itself, each once."""
+        counter, store = _InvokeCounter(), open_session(pywren_config)
+        with self.fanned_executor(pywren_config, [_TamperBatches(store), counter]) as ex:
+            futures = ex.map(square, range(self.map_size))
+            assert ex.get_result(futures, timeout=self.timeout) == [x * x for x in range(self.map_size)]
+        store.close()
+        assert sorted(counter.direct) == sorted(f.call_id for f in futures)
+        assert all(f.stats.get("runs", 1) == 1 and not f.stats.get("ambiguous_invokes") for f in futures)
+
+    def test_an_invoker_that_never_reports_does_not_hang_the_map(self, pywren_config: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """With every report unreadable, the client invokes each batch's unfinished calls itself
+        once the report is overdue (twice the report wait after the invoker started); each call it
+        invokes again counts a possible extra run."""
+        from pywren_core import executors
+
+        monkeypatch.setattr(executors, "FANOUT_REPORT_WAIT", 2.0)
+        counter = _InvokeCounter()
+        with self.fanned_executor(pywren_config, [_HideReports(), counter]) as ex:
+            futures = ex.map(sleep_then_return, [10.0] * self.batch)
+            assert ex.get_result(futures, timeout=self.timeout) == [10.0] * self.batch
+        again = set(counter.direct)
+        assert again, "no call was still unfinished after the report wait: make the calls longer"
+        for f in futures:
+            assert (f.stats.get("ambiguous_invokes", 0) >= 1) == (f.call_id in again), f.stats

@@ -8,12 +8,13 @@ a held-open response: it sees each status file the real local worker writes, rep
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 
 import pywren_core as pw
-from pywren_core.backend import CallEvent
+from pywren_core.backend import CallEvent, done_events, done_notice
 from pywren_core.protocol import JobKeys, parse_status_key
 
 
@@ -116,3 +117,16 @@ def test_a_done_event_before_the_status_is_readable_leaves_the_call_to_the_listi
         futures = ex.map(slow, range(4))
         assert ex.get_result(futures, timeout=30) == [0, 2, 4, 6]
     assert all(f.stats.get("attempts", 1) == 1 for f in futures)
+
+
+def test_a_done_notice_names_ids_only_and_parses_back_to_done_events():
+    """What a handler sends a client's queue: the job's ids and each call's id and attempt, never
+    the secret or a result; anything else read from the queue gives no event."""
+    payload = {"executor_id": "e1", "job_id": "j1", "secret": "c2VjcmV0",
+               "calls": [{"call_id": "00001", "attempt": 0, "args": "x"}]}
+    notice = done_notice(payload, [{"call_id": "00001", "attempt": 0, "kind": "success"}])
+    assert json.loads(notice) == {"executor_id": "e1", "job_id": "j1", "calls": [["00001", 0]]}
+    assert done_events(notice) == [CallEvent("e1", "j1", "00001", 0, "done")]
+    for junk in ("not json", "[]", '{"executor_id": 1, "job_id": [], "calls": "x"}',
+                 '{"executor_id": "e1", "job_id": "j1", "calls": [["00001", "0"], [2, 0], [1]]}'):
+        assert done_events(junk) == [], junk

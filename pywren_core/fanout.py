@@ -1,0 +1,301 @@
+"""In-cloud fan-out: a large map's invocations are made from inside the platform, not by the client.
+
+Invoking 100,000 calls one request at a time over a laptop's link takes the link's round trip
+100,000 times (over 64 threads). With fan-out the client stores the invocations in batches and
+makes one invocation per batch: an *invoker*, which runs on the platform like any call, reads its
+batch and invokes the calls in it from threads of its own, next to the platform's endpoint.
+
+- A batch object holds the payloads of its invocations without the job's secret, signed with it:
+  nobody who can write to the bucket can add, change or replay an invocation. The invoker's own
+  payload carries the secret (sealed where the backend seals it) and hands it to each payload.
+- The invoker retries throttled and lost invocations as the client's invoker does, then writes a
+  signed report: when each invocation was accepted, how often it was throttled, whose answer was
+  lost (a call that may run twice), and which the platform refused for good.
+- The invoker marks its start (the platform may queue it behind other calls). The client lists each
+  job's fan-out objects every half second, applies each report to its calls' stats and states, and
+  invokes a batch directly when its invoker has not started ``report_wait`` seconds after it was
+  accepted and after the job's last progress, or has not reported twice that long after it
+  started (it died); each call it invokes then counts a possible extra run.
+- An invoker's payload delivered a second time (a queue's redelivery) invokes nothing: its batch
+  was handed out once, and the client's wait covers a first run that died.
+
+A backend opts in with ``BackendInfo.fanout_threshold`` (fan out maps of at least that many
+invocations) and a ``pywren_invoke`` that also works in a worker's session.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from pywren_core.backend import Pacer, Session, invoke_until_accepted
+from pywren_core.calls import INVOKED, NEW
+from pywren_core.errors import ConfigError, NotFoundError, PywrenError, SignatureError
+from pywren_core.protocol import sign, verify
+
+log = logging.getLogger("pywren_core.fanout")
+
+#: Invocations one invoker makes.
+BATCH_SIZE = 500
+#: Threads an invoker invokes from.
+INVOKER_THREADS = 32
+#: What an invoker's payload carries that its batch's payloads do not: the job's secret (sealed or
+#: not), and where the platform reports completions (``notice``), both set by the client's session.
+HANDED_DOWN = ("secret", "sealed_secret", "notice")
+
+
+def threshold(setting: str | int, session: Session, where: str) -> int | None:
+    """From how many invocations this executor fans a map out (None: never), by the ``fanout``
+    setting and what the backend declares (``pywren_fanout``)."""
+    if setting == "off":
+        return None
+    if setting != "auto" and (isinstance(setting, bool) or not isinstance(setting, int) or setting < 1):
+        raise ConfigError(f"{where}: fanout must be 'auto', 'off' or a number of invocations (at least 1), "
+                          f"got {setting!r}")
+    declared = session.fanout_threshold()
+    if declared is None:
+        if setting != "auto":
+            raise ConfigError(f"{where}: fanout is {setting!r}, but backend {session.name!r} cannot fan out (its "
+                              "plugin declares no pywren_fanout): set fanout: auto or off")
+        return None
+    return declared if setting == "auto" else setting
+
+
+def batch_key(prefix: str, number: int) -> str:
+    return f"{prefix}fanout/{number:05d}.batch"
+
+
+def report_key(batch: str) -> str:
+    return batch.removesuffix(".batch") + ".report"
+
+
+def started_key(batch: str) -> str:
+    """An empty object the invoker writes as it starts: it is alive, however long it waited in a queue."""
+    return batch.removesuffix(".batch") + ".started"
+
+
+def _context(key: str) -> str:
+    return f"fanout:{key}"
+
+
+# --- in the platform: an invoker ---------------------------------------------------------------
+
+
+def serve(session: Session, payload: dict[str, Any], prefix: str, secret: bytes, delivery: int | None) -> None:
+    """Run an invoker: invoke every payload of its batch, then write the report."""
+    key = payload["fanout"]
+    if not isinstance(key, str) or not key.startswith(f"{prefix}fanout/") or not key.endswith(".batch"):
+        raise PywrenError(f"fan-out batch {key!r} is not one of job {prefix}'s")
+    if delivery is not None and delivery > 1:
+        print(f"pywren: fan-out batch {key}: delivered again, invoking nothing (the client re-invokes what "
+              "never reported)", flush=True)
+        return
+    started = time.time()
+    session.put(started_key(key), b"")
+    rkey = report_key(key)
+    try:
+        children = json.loads(verify(secret, _context(key), session.get(key)))["payloads"]
+    except (NotFoundError, SignatureError, ValueError, KeyError) as exc:  # gone, or not what this job stored
+        print(f"pywren: fan-out batch {key}: {type(exc).__name__}: {exc}; invoking nothing", flush=True)
+        _write_report(session, secret, rkey, {"error": f"{type(exc).__name__}: {exc}", "invocations": []})
+        return
+    handed = {k: payload[k] for k in HANDED_DOWN if k in payload}
+    ids = (payload["executor_id"], payload["job_id"])
+
+    def one(child: dict[str, Any]) -> list[Any]:
+        calls = [(c["call_id"], c["attempt"]) for c in child["calls"]]
+        if (child.get("executor_id"), child.get("job_id")) != ids:
+            return [calls, None, 0, 0, "a payload of another job"]
+        try:
+            accepted = invoke_until_accepted(session.invoke, {**child, **handed}, Pacer(None), give_up_after=300.0)
+        except Exception as exc:
+            return [calls, None, 0, 0, f"{type(exc).__name__}: {exc}"]
+        return [calls, accepted.at, accepted.throttled, accepted.ambiguous, ""]
+
+    with concurrent.futures.ThreadPoolExecutor(INVOKER_THREADS, "pywren-fanout") as pool:
+        outcomes = list(pool.map(one, children))
+    _write_report(session, secret, rkey, {"start": started, "end": time.time(), "invocations": outcomes})
+
+
+def _write_report(session: Session, secret: bytes, key: str, report: dict[str, Any]) -> None:
+    session.put(key, sign(secret, _context(key), json.dumps(report, separators=(",", ":")).encode()))
+
+
+# --- on the client -------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Batch:
+    """One invoker's share of a job's invocations, at the calls' attempts when it was made."""
+
+    job: Any
+    key: str
+    invocations: list[list[tuple[Any, int]]]
+    #: ``time.monotonic()`` when the platform accepted the invoker; None before.
+    accepted: float | None = None
+    #: ``time.monotonic()`` when the client first saw the invoker's start marker; None before.
+    started: float | None = None
+
+
+class FanOut:
+    """The client's side: store batches, invoke invokers, read their reports, invoke again what they missed.
+
+    ``tracker`` is the executor's CallTracker; ``direct(job, invocations)`` queues invocations on
+    the client's own invoker, for what an invoker did not do.
+    """
+
+    def __init__(self, session: Session, tracker: Any, direct: Callable[[Any, list[list[Any]]], None],
+                 threshold: int, report_wait: float, batch_size: int = BATCH_SIZE):
+        self.session = session
+        self.tracker = tracker
+        self.direct = direct
+        self.threshold = threshold
+        self.report_wait = report_wait
+        self.batch_size = batch_size
+        #: Invokers the platform accepted.
+        self.invokers = 0
+        self._pending: list[Batch] = []
+        self._numbers: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def batches(self, job: Any, invocations: Sequence[Sequence[Any]]) -> list[Batch]:
+        """``invocations`` (lists of calls) cut into batches, or none when there are too few to fan out."""
+        if len(invocations) < self.threshold:
+            return []
+        out = []
+        for start in range(0, len(invocations), self.batch_size):
+            with self._lock:
+                number = self._numbers[job.keys.prefix] = self._numbers.get(job.keys.prefix, -1) + 1
+            chunk = [[(c, c.attempt) for c in calls] for calls in invocations[start:start + self.batch_size]]
+            out.append(Batch(job, batch_key(job.keys.prefix, number), chunk))
+        return out
+
+    def invoke(self, batch: Batch, pacer: Pacer, give_up_after: float) -> None:
+        """Store ``batch`` and invoke its invoker; if either fails, invoke its calls directly."""
+        job = batch.job
+        strip = set(HANDED_DOWN)
+        payloads = [{k: v for k, v in job.payload(sent).items() if k not in strip} for sent in batch.invocations]
+        try:
+            body = json.dumps({"payloads": payloads}, separators=(",", ":")).encode()
+            self.session.put(batch.key, sign(job.secret, _context(batch.key), body))
+            invoker = {**job.base_payload, "calls": [], "fanout": batch.key}
+            invoke_until_accepted(self.session.invoke, invoker, pacer, give_up_after,
+                                  cancelled=lambda: all(c.settled for sent in batch.invocations for c, _ in sent))
+        except Exception as exc:
+            log.warning("fan-out batch %s: %s; the client invokes its %d invocations itself", batch.key, exc,
+                        len(batch.invocations))
+            self._invoke_directly(batch, possible_runs=False)
+            return
+        # The calls stay NEW until the report says when each was accepted; till then this watch bounds
+        # the wait, not the lost-call timer.
+        batch.accepted = time.monotonic()
+        with self._lock:
+            self.invokers += 1
+            self._pending.append(batch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="pywren-fanout", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _watch(self) -> None:
+        """Read the reports of the batches out, until none is: one listing per job and round, and a
+        read of each report that has come."""
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+                if not pending:
+                    self._thread = None
+                    return
+            listed: dict[str, set[str] | None] = {}
+            for batch in pending:
+                prefix = batch.job.keys.prefix
+                if prefix not in listed:
+                    try:
+                        listed[prefix] = set(self.session.list(f"{prefix}fanout/"))
+                    except Exception as exc:  # the next round lists again
+                        log.warning("listing the fan-out reports of job %s failed: %s", prefix, exc)
+                        listed[prefix] = None
+                keys = listed[prefix]
+                if keys is not None and self._check(batch, keys):
+                    with self._lock:
+                        self._pending.remove(batch)
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def _check(self, batch: Batch, keys: set[str]) -> bool:
+        """Apply ``batch``'s report if it has come (``keys``: the job's fan-out objects), or give up
+        on it; True once done with it.
+
+        An invoker that has not started is waited for while its job makes progress (the platform
+        may queue it behind other calls), ``report_wait`` at least; one that has started, for twice
+        that from its start.
+        """
+        if all(c.settled for sent in batch.invocations for c, _ in sent):
+            return True
+        key = report_key(batch.key)
+        if key in keys:
+            try:
+                report = json.loads(verify(batch.job.secret, _context(key), self.session.get(key)))
+            except Exception as exc:  # unreadable or forged: wait for the real one, or the deadline
+                log.warning("fan-out report %s: %s", key, exc)
+            else:
+                self._apply(batch, report)
+                return True
+        now = time.monotonic()
+        if batch.started is None and started_key(batch.key) in keys:
+            batch.started = now
+        if batch.started is not None:
+            deadline = batch.started + 2 * self.report_wait
+        else:
+            deadline = max(batch.accepted or now, batch.job.last_progress) + self.report_wait
+        if now < deadline:
+            return False
+        log.warning("fan-out batch %s: no report from its invoker in time (%s); the client invokes its calls "
+                    "itself, each of which may run twice", batch.key,
+                    "it started" if batch.started is not None else "it never started")
+        self._invoke_directly(batch, possible_runs=True)
+        return True
+
+    def _apply(self, batch: Batch, report: dict[str, Any]) -> None:
+        """Each invocation the invoker made counts as the client's own would; what it could not make
+        (refused, or missing from the report) the client makes itself, so it fails, if it must, with
+        the client's own error."""
+        if report.get("error"):
+            log.warning("fan-out batch %s: its invoker invoked nothing (%s); the client invokes its calls itself",
+                        batch.key, report["error"])
+        by_ids = {tuple((c.call_id, attempt) for c, attempt in sent): sent for sent in batch.invocations}
+        for calls, accepted, throttled, ambiguous, error in report["invocations"]:
+            sent = by_ids.pop(tuple(tuple(c) for c in calls), None)
+            if sent is None:
+                continue
+            for _ in range(ambiguous):
+                self.tracker.ambiguous(c for c, _ in sent)
+            if accepted is None:
+                log.warning("fan-out batch %s: the invoker could not invoke calls %s (%s); the client does",
+                            batch.key, ", ".join(c.call_id for c, _ in sent), error)
+                by_ids[tuple(calls)] = sent
+            else:
+                self.tracker.invoked(sent, (time.monotonic(), accepted), throttled=throttled)
+        if by_ids:
+            self._invoke_directly(attrs.evolve(batch, invocations=list(by_ids.values())), possible_runs=False)
+
+    def _invoke_directly(self, batch: Batch, possible_runs: bool) -> None:
+        """Queue on the client's invoker those of ``batch``'s calls that have not started or ended."""
+        live = [[c for c, attempt in sent if c.attempt == attempt and c.state in (NEW, INVOKED)]
+                for sent in batch.invocations]
+        live = [calls for calls in live if calls]
+        if possible_runs:
+            for calls in live:
+                self.tracker.ambiguous(calls)
+        if live:
+            self.direct(batch.job, live)
+
