@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 from pywren_core import harness
+from pywren_core.backend import done_notice
 
 from pywren_aws import notice
 
@@ -35,9 +36,9 @@ harness.prestart("aws")
 def lambda_handler(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:
     """Run the calls in ``event`` (an invoke payload) and return a summary of their statuses."""
     platform_deadline = time.time() + context.get_remaining_time_in_millis() / 1000
-    queue_url = event.pop(notice.EVENT_KEY, None)
+    queue_url = event.get(notice.PAYLOAD_KEY)
     summary = harness.serve(event, platform_deadline=platform_deadline)
-    if queue_url:
+    if queue_url and summary:  # a fan-out invoker runs no call of its own
         send_notice(queue_url, event, summary)
     return summary
 
@@ -57,7 +58,7 @@ def send_notice(queue_url: str, payload: Mapping[str, Any], summary: Iterable[Ma
             if _sqs is None:
                 _sqs = boto3.client("sqs", config=Config(retries={"mode": "standard", "total_max_attempts": 2},
                                                          connect_timeout=5, read_timeout=10))
-        _sqs.send_message(QueueUrl=queue_url, MessageBody=notice.message(payload, summary))
+        _sqs.send_message(QueueUrl=queue_url, MessageBody=done_notice(payload, summary))
     except Exception as exc:
         log.warning("pywren: could not send the completion notice of job %s/%s (the client will list instead): %s",
                     payload.get("executor_id"), payload.get("job_id"), type(exc).__name__)

@@ -18,16 +18,15 @@ behind; its messages expire after ``RETENTION_SECONDS``.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from botocore.config import Config
 from botocore.exceptions import NoCredentialsError
-from pywren_core.backend import CallEvent
+from pywren_core.backend import CallEvent, done_events
 from pywren_core.protocol import new_id
 
 log = logging.getLogger("pywren_aws")
@@ -37,29 +36,9 @@ QUEUE_PREFIX = "pywren-notice-"
 WAIT_SECONDS = 5
 #: Notices nobody read are dropped after this long (SQS's minimum is 60 s).
 RETENTION_SECONDS = 3600
-#: The key of an invocation's event that holds the notice queue's URL; the handler takes it out.
-EVENT_KEY = "notice_queue"
-
-
-def message(payload: Mapping[str, Any], summary: Iterable[Mapping[str, Any]]) -> str:
-    """A notice: the job's ids and the ``[call_id, attempt]`` of each call the handler reported."""
-    calls = [[entry["call_id"], entry["attempt"]] for entry in summary]
-    return json.dumps({"executor_id": payload["executor_id"], "job_id": payload["job_id"], "calls": calls},
-                      separators=(",", ":"))
-
-
-def parse(body: str) -> list[CallEvent]:
-    """The ``"done"`` events of one notice; none for anything that is not a well-formed notice."""
-    try:
-        notice = json.loads(body)
-        ids = (notice["executor_id"], notice["job_id"])
-        calls = [(call_id, attempt) for call_id, attempt in notice["calls"]]
-    except (ValueError, KeyError, TypeError):
-        return []
-    if not all(isinstance(i, str) for i in ids):
-        return []
-    return [CallEvent(ids[0], ids[1], call_id, attempt, "done")
-            for call_id, attempt in calls if isinstance(call_id, str) and type(attempt) is int]
+#: The payload key that holds the notice queue's URL (the core's ``payload["notice"]``: the core hands it
+#: on to the invocations a fan-out invoker makes).
+PAYLOAD_KEY = "notice"
 
 
 class NoticeQueue:
@@ -115,7 +94,7 @@ class NoticeQueue:
                 self._closed.wait(1.0)
                 continue
             for received in messages:
-                self._events.extend(parse(received.get("Body", "")))
+                self._events.extend(done_events(received.get("Body", "")))
             if messages:
                 self.notify()
                 entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]

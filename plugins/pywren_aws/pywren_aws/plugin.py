@@ -10,7 +10,9 @@ follow boto3's configuration too (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL_LA
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +46,11 @@ LAMBDA_UNZIPPED_BYTES = 250 * 2**20
 #: What a runtime may take of it: the rest is kept for the client's pywren-core and pywren-aws, which
 #: every package carries beside the runtime (about 1 MB today).
 RUNTIME_MAX_BYTES = LAMBDA_UNZIPPED_BYTES - 10 * 2**20
+#: Maps of at least this many invocations are fanned out (``pywren_core.fanout``): below it, the client
+#: invokes as fast as a few invokers would, counting their start.
+FANOUT_THRESHOLD = 1000
+#: Guards a worker session's Lambda client, made on its first invocation (a fan-out invoker's threads).
+_worker_lock = threading.Lock()
 #: Lambda function names are at most 64 characters; a runtime's function adds ``-rt-<12 hex>``.
 MAX_FUNCTION_NAME = 64
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -109,6 +116,8 @@ class AwsSession:
     boto: boto3.session.Session
     s3: Any
     lambda_: Any = None
+    #: "client", or "worker": a worker makes its Lambda client only if it fans out.
+    role: str = "client"
     #: Where the function reports finished calls to this client (``aws.notices``); clients only.
     notices: notice.NoticeQueue | None = None
     #: The runtime (``pywren_core.runtime.Runtime``) the calls run in, or None: the default package.
@@ -146,7 +155,8 @@ def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any, notify: C
     # or half-set credentials fail here.
     with mapped("opening the AWS clients", default=ConfigError):
         boto = boto3.session.Session(region_name=config["region"])
-        session = AwsSession(config, boto, boto.client("s3", endpoint_url=config["endpoint_url"], config=s3_config))
+        session = AwsSession(config, boto, boto.client("s3", endpoint_url=config["endpoint_url"], config=s3_config),
+                             role=role)
     if runtime is not None:
         session.runtime = runtime
         session.function_name  # noqa: B018  (a name too long for Lambda fails here, not at the first invoke)
@@ -155,22 +165,29 @@ def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any, notify: C
             raise ConfigError(f"aws.architecture is {config['architecture']}, but runtime {runtime.name} was built "
                               f"for {built_for}: runtimes are built for x86_64 functions only")
     if role == "client":
-        # No botocore retries: a throttled or ambiguous invocation must reach the core's invoker, which
-        # backs off and invokes again (and counts a possible duplicate), instead of botocore retrying
-        # unseen. Parameters are built here, not by users, so validating them only costs CPU.
-        timeout = config["invoke_timeout"]
-        invoke_config = Config(max_pool_connections=LAMBDA_POOL, retries={"total_max_attempts": 1},
-                               connect_timeout=timeout, read_timeout=timeout, parameter_validation=False)
-        try:
-            session.lambda_ = boto.client("lambda", config=invoke_config)
-        except NoRegionError:
-            raise ConfigError(
-                "aws.region is not set and boto3 found no default region (AWS_REGION, AWS_DEFAULT_REGION "
-                "or ~/.aws/config): set aws.region"
-            ) from None
+        session.lambda_ = _lambda_client(boto, config)
         if config["notices"]:
             session.notices = notice.NoticeQueue(boto, notify)
     return session
+
+
+def _lambda_client(boto: boto3.session.Session, config: Mapping[str, Any]) -> Any:
+    """The client that invokes: on the client, and in a fan-out invoker (``pywren_core.fanout``).
+
+    No botocore retries: a throttled or ambiguous invocation must reach the core's invoker, which
+    backs off and invokes again (and counts a possible duplicate), instead of botocore retrying
+    unseen. Parameters are built here, not by users, so validating them only costs CPU.
+    """
+    timeout = config["invoke_timeout"]
+    invoke_config = Config(max_pool_connections=LAMBDA_POOL, retries={"total_max_attempts": 1},
+                           connect_timeout=timeout, read_timeout=timeout, parameter_validation=False)
+    try:
+        return boto.client("lambda", config=invoke_config)
+    except NoRegionError:
+        raise ConfigError(
+            "aws.region is not set and boto3 found no default region (AWS_REGION, AWS_DEFAULT_REGION "
+            "or ~/.aws/config): set aws.region"
+        ) from None
 
 
 def _lambda_arch(architecture: str) -> str:
@@ -234,9 +251,15 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
     429 and 5xx become ThrottledError (see ``errors.THROTTLED``); an answer lost after the request was
     sent, AmbiguousInvokeError; an endpoint that cannot be reached at all, InvokeError naming it.
     """
+    if session.lambda_ is None:  # a worker that fans out: it invokes the function it runs in
+        with _worker_lock:
+            if session.lambda_ is None:
+                session.lambda_ = _lambda_client(session.boto, session.config)
     name = session.function_name
+    if session.role == "worker":
+        name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", name)
     queue_url = session.notices.url if session.notices is not None else None
-    event = {**payload, notice.EVENT_KEY: queue_url} if queue_url else payload
+    event = {**payload, notice.PAYLOAD_KEY: queue_url} if queue_url else payload
     body = json.dumps(event, separators=(",", ":")).encode()
     what = f"Lambda invoke of {name} at {session.lambda_.meta.endpoint_url}"
     with mapped(what, default=InvokeError):
@@ -257,6 +280,11 @@ def pywren_invoke(session: AwsSession, payload: Mapping[str, Any]) -> None:
                 f"{what}: runtime {session.runtime.name} ({label!r}) is not deployed (no function {name}); "
                 f"run `pywren deploy{flag}` with this config first"
             ) from None
+
+
+@hookimpl
+def pywren_fanout(session: AwsSession) -> int:
+    return FANOUT_THRESHOLD
 
 
 @hookimpl

@@ -61,9 +61,9 @@ def start_lambda(log_dir: Path, function: str, env: dict[str, str], runtimes: in
 
 
 def control(service: LocalServer, command: str, **args: Any) -> Any:
-    """Ask the Lambda stand-in to do something (``throttle``, ``drop``, ``configure``, ``reset``) or to
-    report (``stats``, ``payloads``, ``dropped``)."""
-    if args or command in ("reset",):
+    """Ask the Lambda stand-in to do something (``throttle``, ``drop``, ``configure``, ``reset``,
+    ``purge``) or to report (``stats``, ``payloads``, ``dropped``)."""
+    if args or command in ("reset", "purge"):
         request = urllib.request.Request(f"{service.url}/_control/{command}", json.dumps(args).encode(), method="POST")
     else:
         request = urllib.request.Request(f"{service.url}/_control/{command}")

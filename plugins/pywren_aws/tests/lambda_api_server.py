@@ -20,7 +20,8 @@ direct upload that can be fetched), checks its SHA-256, unpacks it into DIR and 
 awslambdaric HANDLER`` with only DIR on ``PYTHONPATH`` (``LAMBDA_TASK_ROOT``, the working directory):
 PYTHON should be a fresh virtual environment holding what Lambda provides (boto3, awslambdaric).
 Tests steer it with ``/_control/`` requests: ``stats``, ``payloads``, ``dropped`` (the payloads
-whose answer was dropped), ``throttle``, ``drop`` and ``configure`` (JSON bodies), ``reset``.
+whose answer was dropped), ``throttle``, ``drop`` and ``configure`` (JSON bodies), ``reset``,
+``purge`` (drop the accepted invocations that have not started: a benchmark's backlog).
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ class Lambda:
         self.throttle_until = 0.0
         self.drop_every = 0
         self.reset()
+        #: The Invoke API, which the runtimes reach too (AWS_ENDPOINT_URL_LAMBDA): a fan-out invoker invokes.
+        self.front = self._serve(runtime_index=None)
         self.runtimes = [Runtime(i, self._serve(runtime_index=i)) for i in range(args.runtimes)]
         for runtime in self.runtimes:
             self._spawn(runtime)
@@ -167,7 +170,8 @@ class Lambda:
     def _spawn(self, runtime: Runtime) -> None:
         env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{runtime.server.server_address[1]}",
                    AWS_LAMBDA_FUNCTION_NAME=self.function, AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
-                   AWS_LAMBDA_FUNCTION_VERSION="$LATEST")
+                   AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+                   AWS_ENDPOINT_URL_LAMBDA=f"http://127.0.0.1:{self.front.server_address[1]}")
         if self.code:  # the deployed package alone, as in Lambda's /var/task
             for name in _NOT_INHERITED:
                 env.pop(name, None)
@@ -363,6 +367,12 @@ class Handler(BaseHTTPRequestHandler):
             app.timeout = float(args.get("timeout", app.timeout))
         elif command == "reset":
             app.reset()
+        elif command == "purge":
+            while True:
+                try:
+                    app.queue.get_nowait()
+                except queue.Empty:
+                    break
         else:
             return self.reply(404)
         self.reply(200, b"{}")
@@ -384,10 +394,9 @@ def main() -> None:
     args = parser.parse_args()
     log = open(args.log, "ab", buffering=0) if args.log else sys.stderr.buffer
     app = Lambda(args, log)
-    front = app._serve(runtime_index=None)
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
-        f.write(str(front.server_address[1]))
+        f.write(str(app.front.server_address[1]))
     os.replace(tmp, args.port_file)
     try:
         threading.Event().wait()

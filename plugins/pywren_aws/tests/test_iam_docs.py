@@ -19,7 +19,7 @@ import pytest
 PLUGIN = Path(__file__).resolve().parent.parent
 README = PLUGIN / "README.md"
 #: Who makes the calls in each module: the function's role ("runner"), the user's client, the deployer.
-CALLERS = {"storage.py": ("runner", "client"), "plugin.py": ("client",), "deploy.py": ("deployer",),
+CALLERS = {"storage.py": ("runner", "client"), "plugin.py": ("client", "runner"), "deploy.py": ("deployer",),
            "notice.py": ("client",), "handler.py": ("runner",)}
 #: Operations whose IAM action is not the service prefix plus the operation's name.
 ACTIONS = {
