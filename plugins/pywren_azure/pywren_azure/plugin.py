@@ -18,7 +18,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties, ContainerClient
 
-from pywren_azure import deploy
+from pywren_azure import deploy, notice
 from pywren_azure import session as session_module
 from pywren_azure.errors import mapped
 from pywren_azure.invoke import MAX_PAYLOAD_BYTES
@@ -34,6 +34,10 @@ LIST_PAGE_SIZE = 5000
 BATCH_SIZE = 256
 #: Threads per batch that delete key by key when a batch cannot be sent (at interpreter exit).
 EXIT_DELETE_THREADS = 8
+#: Maps of at least this many invocations are fanned out (``pywren_core.fanout``).
+FANOUT_THRESHOLD = 1000
+#: Guards a worker session's queue invoker, made on its first invocation (a fan-out invoker's threads).
+_worker_lock = threading.Lock()
 #: Consumption plan's longest function run (10 min); the function reports a call as timed out first.
 MAX_RUNTIME = 600.0
 
@@ -72,6 +76,9 @@ CONFIG = (
     ConfigField("invoke_rate", (int, float), None,
                 help="invocations per second the client sends; default: unpaced for queue, 100 for http"),
     ConfigField("max_concurrency", int, 16, help="calls one function instance runs at once (set at deploy)"),
+    ConfigField("notices", bool, True,
+                help="the function app posts each finished call to a storage queue of the client's own, so the "
+                     "client notices it at once; false: the client lists the container only"),
 )
 
 
@@ -89,6 +96,7 @@ def pywren_backend_info() -> BackendInfo:
         features={
             "data": "az://CONTAINER/BLOB and abfs://CONTAINER/BLOB, in the configured storage account",
             "triggers": "queue (default), http",
+            "completion": "a storage queue per client that the function app posts to (azure.notices)",
             "isolation": "calls run as threads in one process per instance, each in its own working directory",
             "per-instance concurrency": "azure.max_concurrency",
             "runtimes": "a function app per runtime label (<function_app>-<label>), a queue and route per runtime",
@@ -97,8 +105,8 @@ def pywren_backend_info() -> BackendInfo:
 
 
 @hookimpl
-def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any) -> AzureSession:
-    return session_module.connect(config, role, runtime)
+def pywren_connect(config: Mapping[str, Any], role: str, runtime: Any, notify: Callable[[], None]) -> AzureSession:
+    return session_module.connect(config, role, runtime, notify)
 
 
 # Blob operations on one container, for the job container (keys shown quoted) and for data
@@ -299,21 +307,40 @@ def in_threads(work: Callable[[Any], None], items: Sequence[Any], threads: int) 
 @hookimpl
 def pywren_invoke(session: AzureSession, payload: Mapping[str, Any]) -> None:
     if session.invoker is None:
-        raise InvokeError("this session was opened as a worker; workers do not invoke")
-    session.invoker.send(payload)
+        if session.config["trigger"] != "queue":  # the function key, which an HTTP POST needs, is not the app's
+            raise InvokeError("a function app invokes through its queue only: fan-out needs azure.trigger 'queue'")
+        with _worker_lock:  # a fan-out invoker in the app: its calls go on the app's own call queue
+            if session.invoker is None:
+                session.invoker = session.open_queue_invoker()
+    target = session.notices.target() if session.notices is not None else None
+    session.invoker.send({**payload, notice.PAYLOAD_KEY: target} if target else payload)
+    if target:  # a fan-out invoker's calls are out too, how many the client does not count here
+        session.notices.sent(None if payload.get("fanout") else len(payload["calls"]))
+
+
+@hookimpl
+def pywren_fanout(session: AzureSession) -> int | None:
+    """Maps of at least FANOUT_THRESHOLD invocations are fanned out through the queue trigger: its
+    invokers put the calls' messages on the queue from inside Azure. Not through the HTTP trigger,
+    whose function key the app does not hold."""
+    return FANOUT_THRESHOLD if session.config["trigger"] == "queue" else None
 
 
 @hookimpl
 def pywren_prepare(session: AzureSession) -> None:
     """An executor's session with a runtime: refuse it now when no function app carries the runtime
-    (its calls would wait in a queue nobody reads), naming ``pywren deploy``."""
+    (its calls would wait in a queue nobody reads), naming ``pywren deploy``. Then create the notice
+    queue, in the background."""
     if session.runtime is not None and session.role == "client":
         session_module.check_deployed(session, session.runtime)
+    if session.notices is not None:
+        session.notices.start()
 
 
 @hookimpl
 def pywren_poll_events(session: AzureSession) -> list[CallEvent]:
-    return session.invoker.poll_events() if session.invoker is not None else []
+    events = session.invoker.poll_events() if session.invoker is not None else []
+    return events + session.notices.events() if session.notices is not None else events
 
 
 @hookimpl

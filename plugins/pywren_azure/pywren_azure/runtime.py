@@ -5,7 +5,8 @@ harness (:func:`pywren_core.harness.serve`) from a thread of a bounded pool
 (``PYWREN_AZURE_MAX_CONCURRENCY``, set at deploy), and the harness runs it in a warm worker process
 of its own, reused for later payloads (never a new process per call). A call that crashes its
 interpreter or overruns its time takes only that process down: it is reported within seconds, and
-the host process and the other invocations of this instance carry on.
+the host process and the other invocations of this instance carry on. Once a payload's statuses
+are written, the client's notice queue hears of it (:mod:`pywren_azure.notice`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from pywren_azure import notice
 from pywren_core import harness
 
 log = logging.getLogger("pywren_azure")
@@ -58,10 +60,15 @@ class Runner:
             raise
 
     def _run(self, payload: dict[str, Any], platform_deadline: float, delivery: int | None) -> list[dict[str, Any]]:
+        """Serve ``payload``, then tell the client's notice queue, if the invocation names one."""
+        notice_queue = payload.get(notice.PAYLOAD_KEY)
         try:
-            return harness.serve(payload, platform_deadline=platform_deadline, delivery=delivery)
+            summary = harness.serve(payload, platform_deadline=platform_deadline, delivery=delivery)
         finally:
             self._slots.release()
+        if notice_queue and summary:  # a fan-out invoker runs no call of its own
+            notice.send(payload.get("config") or {}, notice_queue, payload, summary)
+        return summary
 
 
 _runner: Runner | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +26,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue import LinearRetry as QueueLinearRetry
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+from pywren_azure import notice
 from pywren_azure.errors import CREDENTIALS_HINT, mapped
 from pywren_azure.invoke import (
     PAYLOAD_KEY_COMMAND,
@@ -72,6 +73,10 @@ class AzureSession:
     invoker: QueueInvoker | HttpInvoker | None = None
     #: The built runtime (``pywren_core.runtime.Runtime``) whose function app runs the calls, or None.
     runtime: Any = None
+    #: Where the function app reports finished calls to this client (``azure.notices``); clients only.
+    notices: notice.NoticeQueue | None = None
+    #: Makes a queue invoker for this session's runtime: a client's, or a fan-out invoker's in the app.
+    open_queue_invoker: Callable[[], QueueInvoker] | None = None
     container: ContainerClient = attrs.field(init=False)
     _containers: dict[str, ContainerClient] = attrs.field(init=False, factory=dict)
 
@@ -129,7 +134,7 @@ def default_credential(purpose: str = "no connection_string or account_key given
     return DefaultAzureCredential()
 
 
-def _endpoint(config: Mapping[str, Any], service: str) -> str:
+def endpoint(config: Mapping[str, Any], service: str) -> str:
     explicit = config.get(f"{service}_endpoint")
     if explicit:
         return explicit
@@ -140,7 +145,7 @@ def _endpoint(config: Mapping[str, Any], service: str) -> str:
     return f"https://{config['storage_account']}.{service}.core.windows.net"
 
 
-def _credentials(config: Mapping[str, Any], role: str) -> tuple[str | None, Any]:
+def credentials(config: Mapping[str, Any], role: str) -> tuple[str | None, Any]:
     """A connection string, or else a credential for the account endpoints."""
     if role == "worker":
         for setting in WORKER_CONNECTION_SETTINGS:
@@ -176,13 +181,14 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("azure.function_url must not carry the function key (?code=...): set azure.function_key")
 
 
-def connect(config: Mapping[str, Any], role: str, runtime: Any = None) -> AzureSession:
+def connect(config: Mapping[str, Any], role: str, runtime: Any = None,
+            notify: Callable[[], None] = lambda: None) -> AzureSession:
     """Open the storage account (and, on a client, the invoke channel) for ``config``; a client
     creates the job container when it is missing. With a ``runtime``, a client invokes that
     runtime's function app (whether it is deployed is checked by :func:`check_deployed`, when an
     executor prepares: ``pywren deploy`` opens a session with the runtime to deploy it)."""
     _check_config(config)
-    connection_string, credential = _credentials(config, role)
+    connection_string, credential = credentials(config, role)
     secrets = tuple(
         s for s in (config.get("connection_string"), config.get("account_key"), config.get("function_key"),
                     config.get("payload_key"), connection_string) if s
@@ -192,13 +198,15 @@ def connect(config: Mapping[str, Any], role: str, runtime: Any = None) -> AzureS
     if connection_string:
         blob_service = BlobServiceClient.from_connection_string(connection_string, **options)
     else:
-        blob_service = BlobServiceClient(_endpoint(config, "blob"), credential=credential, **options)
+        blob_service = BlobServiceClient(endpoint(config, "blob"), credential=credential, **options)
     if role == "worker" and config.get("storage_account") and blob_service.account_name != config["storage_account"]:
         raise ConfigError(
             f"the function app's storage settings reach account {blob_service.account_name!r}, but the client "
             f"uses {config['storage_account']!r}: set PYWREN_AZURE_CONNECTION_STRING in the app's settings"
         )
     session = AzureSession(dict(config), role, http, blob_service, secrets, runtime=runtime)
+    session.open_queue_invoker = lambda: _queue_invoker(config, role, runtime, connection_string, credential, http,
+                                                        secrets)
     if role == "client":
         with mapped(f"create container {config['container']!r}", secrets):
             try:
@@ -206,18 +214,30 @@ def connect(config: Mapping[str, Any], role: str, runtime: Any = None) -> AzureS
             except ResourceExistsError:
                 pass
         if config["trigger"] == "queue":
-            queue, poison = open_queues({**config, "queue": queue_name(config, runtime)}, connection_string,
-                                        credential, http)
-            with mapped(f"create queue {queue.queue_name!r}", secrets):
+            session.invoker = session.open_queue_invoker()
+            with mapped(f"create queue {session.invoker.queue.queue_name!r}", secrets):
                 try:
-                    queue.create_queue()
+                    session.invoker.queue.create_queue()
                 except ResourceExistsError:
                     pass
-            session.invoker = QueueInvoker(queue, poison, pacer(config), secrets)
         else:
             session.invoker = HttpInvoker(function_url(config, runtime), config["function_key"], pacer(config),
                                           secrets)
+        if config["notices"]:
+            session.notices = notice.NoticeQueue(
+                lambda name: queue_client(config, connection_string, credential, http, name), notify)
     return session
+
+
+def _queue_invoker(config: Mapping[str, Any], role: str, runtime: Any, connection_string: str | None,
+                   credential: Any, http: requests.Session, secrets: tuple[str, ...]) -> QueueInvoker:
+    """Invocations onto ``runtime``'s call queue; in the function app (a fan-out invoker), onto the
+    queue the app reads itself (``PYWREN_AZURE_QUEUE``, set at deploy)."""
+    name = queue_name(config, runtime)
+    if role == "worker":
+        name = os.environ.get("PYWREN_AZURE_QUEUE", name)
+    queue, poison = open_queues({**config, "queue": name}, connection_string, credential, http)
+    return QueueInvoker(queue, poison, pacer(config), secrets)
 
 
 def deployed_record(session: AzureSession, runtime: Any) -> dict[str, Any] | None:
@@ -248,20 +268,25 @@ def check_deployed(session: AzureSession, runtime: Any) -> None:
 def open_queues(config: Mapping[str, Any], connection_string: str | None, credential: Any,
                 http: requests.Session) -> tuple[QueueClient, QueueClient]:
     """Clients of the call queue and of its poison queue (which the platform creates)."""
-    options = {**_sdk_options(http), "retry_policy": transport_retry(QueueLinearRetry, read=False)}
+    # A Functions queue trigger reads messages as base64 text; the poison queue is read raw.
+    queue = queue_client(config, connection_string, credential, http, config["queue"],
+                         message_encode_policy=TextBase64EncodePolicy())
+    return queue, queue_client(config, connection_string, credential, http, f"{config['queue']}-poison")
+
+
+def queue_client(config: Mapping[str, Any], connection_string: str | None, credential: Any,
+                 http: requests.Session, name: str, **extra: Any) -> QueueClient:
+    """A client of queue ``name`` on the session's connections; a message is never sent twice by the SDK."""
+    options = {**_sdk_options(http), "retry_policy": transport_retry(QueueLinearRetry, read=False), **extra}
     del options["max_single_put_size"], options["max_block_size"]
-    clients = []
-    for name, extra in ((config["queue"], {"message_encode_policy": TextBase64EncodePolicy()}),
-                        (f"{config['queue']}-poison", {})):
-        # A Functions queue trigger reads messages as base64 text; the poison queue is read raw.
-        if connection_string:
-            clients.append(QueueClient.from_connection_string(connection_string, name, **options, **extra))
-        else:
-            clients.append(QueueClient(_endpoint(config, "queue"), name, credential=credential, **options, **extra))
-    return clients[0], clients[1]
+    if connection_string:
+        return QueueClient.from_connection_string(connection_string, name, **options)
+    return QueueClient(endpoint(config, "queue"), name, credential=credential, **options)
 
 
 def close(session: AzureSession) -> None:
+    if session.notices is not None:
+        session.notices.close()
     session.service.close()  # the container clients share its transport
     if session.invoker is not None:
         session.invoker.close()
