@@ -35,9 +35,10 @@ as it arrives (its pieces are given, so it does no listing), from as many thread
 apart, from as many processes (a Python SDK in threads can be bound by the GIL; the map's calls run in
 processes). For streaming, "raw blocks" also reads each piece in ranged GETs of ``data_block_size`` one
 after another, the requests ``piece.open()`` makes without ``pywren_data_open``. Plugin and raw runs
-alternate; figures are medians of ``--repeats`` runs; the ratio is plugin / the faster raw side. The calls' own stats then say where
-the plugin's time goes: a piece's read inside a call against a raw process's, reads in flight, the time
-each call holds its slot besides reading, and the latency before the first call and after the last.
+alternate; figures are medians of ``--repeats`` runs; the ratio is plugin / the faster raw side. The
+calls' own stats then say where the plugin's time goes: a piece's read inside a call against a raw
+process's, reads in flight, the time each call holds its slot besides reading, and the latency before
+the first call and after the last.
 
 **Listing.** ``--keys`` small objects are created under a prefix (a thread pool of 16, timed), then
 ``pw.storage().list(prefix)``, ``pywren_core.data.plan(storage, prefix)`` and the SDK's own
@@ -821,7 +822,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"\nThroughput: {first['gigabytes']:.2f} GB of text lines in {args.objects} objects, "
               f"{args.piece_mib} MiB pieces ({first['pieces']} calls), {args.concurrency} calls at once; raw: "
               f"{args.concurrency} threads of one process, or {args.concurrency} processes, one ranged GET per "
-              f"piece; raw blocks: ranged GETs of {first['block_mib']:.0f} MiB one after another, as piece.open()\n")
+              f"piece; raw blocks: ranged GETs of {first['block_mib']:.0f} MiB one after another, as piece.open() "
+              "without pywren_data_open\n")
         print("| backend | workload | plugin GB/s | raw threads GB/s | raw processes GB/s | plugin / faster raw "
               "| per round | raw blocks GB/s | plugin / raw blocks |")
         print("|---|---|---:|---:|---:|---:|---|---:|---:|")
