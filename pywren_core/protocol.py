@@ -46,7 +46,7 @@ _NONCE = 16
 PAYLOAD_KEYS = frozenset(
     {
         "protocol", "backend", "config", "executor_id", "job_id", "func_key", "secret", "sealed_secret",
-        "timeout", "python", "core_version", "result_inline_max", "faults", "runtime", "calls",
+        "timeout", "python", "core_version", "result_inline_max", "faults", "runtime", "calls", "fanout", "notice",
     }
 )  # fmt: skip
 #: The keys of each entry of ``payload["calls"]``.
