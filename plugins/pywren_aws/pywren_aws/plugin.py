@@ -230,6 +230,11 @@ def pywren_data_get(session: AwsSession, bucket: str, key: str, byte_range: tupl
 
 
 @hookimpl
+def pywren_data_open(session: AwsSession, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
+    return storage.open_range(session.s3, bucket, key, byte_range, missing=DATA_NOT_FOUND)
+
+
+@hookimpl
 def pywren_data_put(session: AwsSession, bucket: str, key: str, data: bytes) -> None:
     storage.put(session.s3, bucket, key, data, missing=DATA_NOT_FOUND)
 
@@ -237,11 +242,6 @@ def pywren_data_put(session: AwsSession, bucket: str, key: str, data: bytes) -> 
 @hookimpl
 def pywren_data_delete(session: AwsSession, bucket: str, keys: Sequence[str]) -> None:
     storage.delete(session.s3, bucket, keys, missing=DATA_NOT_FOUND)
-
-
-@hookimpl
-def pywren_data_open(session: AwsSession, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
-    return storage.open_range(session.s3, bucket, key, byte_range, missing=DATA_NOT_FOUND)
 
 
 @hookimpl

@@ -224,11 +224,6 @@ def pywren_data_get(session: AzureSession, bucket: str, key: str, byte_range: tu
 
 
 @hookimpl
-def pywren_data_put(session: AzureSession, bucket: str, key: str, data: bytes) -> None:
-    _put(session, _data(session, bucket), key, data, f"az://{bucket}/{key}")
-
-
-@hookimpl
 def pywren_data_open(session: AzureSession, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
     start, end = byte_range
     what = f"get az://{bucket}/{key}"
@@ -265,6 +260,11 @@ class _ChunkReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+@hookimpl
+def pywren_data_put(session: AzureSession, bucket: str, key: str, data: bytes) -> None:
+    _put(session, _data(session, bucket), key, data, f"az://{bucket}/{key}")
 
 
 @hookimpl
