@@ -18,13 +18,15 @@ times for people.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import enum
 import functools
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -184,37 +186,49 @@ class CallTracker:
         self._retired = retired
         self._stop_remote = stop_remote
         self._lock = threading.RLock()
+        #: Invocations the platform accepted, not yet noted: see :meth:`invoked`.
+        self._accepted: collections.deque[tuple[Iterable[tuple[Call, int]], tuple[float, float], int]] = (
+            collections.deque()
+        )
         self.jobs: list[Job] = []
 
     # --- events ------------------------------------------------------------------------------
 
     def add_job(self, job: Job) -> None:
-        with self._lock:
+        with self._locked():
             self.jobs.append(job)
             for call in job.calls.values():
                 call.future._tracker = self
 
     def invoked(self, sent: Iterable[tuple[Call, int]], issued: tuple[float, float], throttled: int = 0) -> None:
         """The platform accepted one invocation carrying these calls at these attempts, sent at
-        ``issued`` (``time.monotonic()``, ``time.time()``) after ``throttled`` refusals."""
+        ``issued`` (``time.monotonic()``, ``time.time()``) after ``throttled`` refusals.
+
+        Never waits for the lock: the note is queued and applied now if the lock is free, else by
+        the thread that holds it, before it lets go. (Invoker threads that waited for the lock the
+        monitor holds through a round of statuses queued up behind it, a thread switch each.)
+        """
+        self._accepted.append((sent, issued, throttled))
+        self._apply_if_free()
+
+    def _note_invoked(self, sent: Iterable[tuple[Call, int]], issued: tuple[float, float], throttled: int) -> None:
         now, wall = issued
-        with self._lock:
-            for call, attempt in sent:
-                # The stats say what happened even when the call has moved on meanwhile (a fan-out
-                # invoker's report can come after the call's own result).
-                stats = call.future.stats
-                stats.setdefault("invoked", wall)
-                stats["invoke_retries"] = stats.get("invoke_retries", 0) + throttled
-                if call.attempt != attempt or call.settled:
-                    continue
-                call.invoked_at = now
-                call.job.invoked_groups.add(call.group)
-                if call.state is NEW:
-                    self._move(call, INVOKED)
+        for call, attempt in sent:
+            # The stats say what happened even when the call has moved on meanwhile (a fan-out
+            # invoker's report can come after the call's own result).
+            stats = call.future.stats
+            stats.setdefault("invoked", wall)
+            stats["invoke_retries"] = stats.get("invoke_retries", 0) + throttled
+            if call.attempt != attempt or call.settled:
+                continue
+            call.invoked_at = now
+            call.job.invoked_groups.add(call.group)
+            if call.state is NEW:
+                self._move(call, INVOKED)
 
     def ambiguous(self, calls: Iterable[Call]) -> None:
         """An invocation of ``calls`` was sent and its answer lost: each may run once more than asked."""
-        with self._lock:
+        with self._locked():
             for call in calls:
                 stats = call.future.stats
                 stats["ambiguous_invokes"] = stats.get("ambiguous_invokes", 0) + 1
@@ -224,14 +238,14 @@ class CallTracker:
     def invoke_failed(self, sent: Iterable[tuple[Call, int]], error: BaseException) -> None:
         """The platform refused the invocation of these calls at these attempts for good: they fail with ``error``."""
         effects: list[Effect] = []
-        with self._lock:
+        with self._locked():
             for call, attempt in sent:
                 if call.attempt == attempt and not call.settled:
                     effects += self._fail(call, error)
         _run(effects)
 
     def running(self, call: Call, attempt: int) -> None:
-        with self._lock:
+        with self._locked():
             if call.state is INVOKED and attempt == call.attempt:
                 self._move(call, RUNNING)
 
@@ -243,7 +257,7 @@ class CallTracker:
         """What :meth:`settle` does for each ``(call, attempt, outcome)``, under one hold of the lock."""
         effects: list[Effect] = []
         now, wall = time.monotonic(), time.time()
-        with self._lock:
+        with self._locked():
             for call, attempt, outcome in reports:
                 effects += self._report(call, attempt, outcome, now, wall)
         _run(effects)
@@ -281,7 +295,7 @@ class CallTracker:
     def lost(self, calls: Iterable[Call], message: str) -> None:
         """No worker reported on these calls within their timeout and grace: all declared together."""
         effects: list[Effect] = []
-        with self._lock:
+        with self._locked():
             for call in calls:
                 if call.settled:
                     continue
@@ -292,7 +306,7 @@ class CallTracker:
 
     def speculate(self, call: Call) -> None:
         """Invoke a backup attempt of a straggler; whichever attempt answers first wins."""
-        with self._lock:
+        with self._locked():
             if call.settled or len(call.live) > 1:
                 return
             call.future.stats["speculated"] = True
@@ -304,7 +318,7 @@ class CallTracker:
     def cancel(self, call: Call) -> bool:
         """Cancel one call; False when it had already settled."""
         effects: list[Effect] = []
-        with self._lock:
+        with self._locked():
             if call.settled:
                 return False
             was_invoked = call.state is not NEW or call.invoked_at is not None
@@ -321,7 +335,7 @@ class CallTracker:
         effects: list[Effect] = []
         to_stop: dict[int, tuple[Job, list[str]]] = {}
         count = 0
-        with self._lock:
+        with self._locked():
             for call in calls:
                 if call.settled:
                     continue
@@ -338,7 +352,7 @@ class CallTracker:
     def fail_job(self, job: Job, error: BaseException) -> None:
         """Something the whole job depends on failed for good (its storage): every open call fails."""
         effects: list[Effect] = []
-        with self._lock:
+        with self._locked():
             for call in job.calls.values():
                 if not call.settled:
                     effects += self._fail(call, error)
@@ -347,18 +361,42 @@ class CallTracker:
     # --- queries -----------------------------------------------------------------------------
 
     def open_calls(self) -> list[Call]:
-        with self._lock:
+        with self._locked():
             return [c for job in self.jobs for c in job.calls.values() if not c.settled]
 
     def active_jobs(self) -> list[Job]:
-        with self._lock:
+        with self._locked():
             return list(self.jobs)
 
     def drop_jobs(self) -> list[Job]:
         """Forget every job (the executor is stopping); return them, so their objects can go."""
-        with self._lock:
+        with self._locked():
             jobs, self.jobs = self.jobs, []
         return jobs
+
+    # --- the lock ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the lock, with every invocation noted so far applied; and those queued meanwhile
+        applied on the way out (their invoker found the lock taken and left them to this thread)."""
+        try:
+            with self._lock:
+                self._apply_accepted()
+                yield
+        finally:
+            self._apply_if_free()
+
+    def _apply_if_free(self) -> None:
+        while self._accepted and self._lock.acquire(blocking=False):
+            try:
+                self._apply_accepted()
+            finally:
+                self._lock.release()
+
+    def _apply_accepted(self) -> None:
+        while self._accepted:
+            self._note_invoked(*self._accepted.popleft())
 
     # --- moves (called with the lock held) -----------------------------------------------------
 

@@ -208,3 +208,15 @@ def test_futures_sharing_a_condition_wait_for_their_own_result():
     waiter.join(5)
     assert results == [2] and first.result(0) == 1
 
+
+
+def test_an_invocation_noted_while_the_lock_is_held_is_applied_as_it_is_let_go():
+    r = Recorder()
+    _, (a,) = r.job(1)
+    with r.tracker._locked():  # the monitor, say, settling a round of statuses
+        noter = threading.Thread(target=r.invoke, args=(a,))
+        noter.start()
+        noter.join(5)
+        assert not noter.is_alive(), "an invoker never waits for the tracker's lock"
+        assert a.state is NEW
+    assert a.state is INVOKED and "invoked" in a.future.stats
