@@ -143,6 +143,9 @@ class Batch:
     #: ``time.monotonic()`` when the client first saw the invoker's start marker; None before.
     started: float | None = None
 
+    def calls(self) -> list[Any]:
+        return [c for sent in self.invocations for c, _ in sent]
+
 
 class FanOut:
     """The client's side: store batches, invoke invokers, read their reports, invoke again what they missed.
@@ -188,8 +191,10 @@ class FanOut:
             body = json.dumps({"payloads": payloads}, separators=(",", ":")).encode()
             self.session.put(batch.key, sign(job.secret, _context(batch.key), body))
             invoker = {**job.base_payload, "calls": [], "fanout": batch.key}
+            # A lost answer may mean two invokers for the batch: every call of it may run twice.
             invoke_until_accepted(self.session.invoke, invoker, pacer, give_up_after,
-                                  cancelled=lambda: all(c.settled for sent in batch.invocations for c, _ in sent))
+                                  on_ambiguous=lambda: self.tracker.ambiguous(batch.calls()),
+                                  cancelled=lambda: all(c.settled for c in batch.calls()))
         except Exception as exc:
             log.warning("fan-out batch %s: %s; the client invokes its %d invocations itself", batch.key, exc,
                         len(batch.invocations))
@@ -225,7 +230,14 @@ class FanOut:
                         log.warning("listing the fan-out reports of job %s failed: %s", prefix, exc)
                         listed[prefix] = None
                 keys = listed[prefix]
-                if keys is not None and self._check(batch, keys):
+                try:
+                    done = keys is not None and self._check(batch, keys)
+                except Exception:  # a bug: never leave the batch's calls waiting on it
+                    log.exception("fan-out batch %s: reading its report failed; the client invokes its calls "
+                                  "itself, each of which may run twice", batch.key)
+                    self._invoke_directly(batch, possible_runs=True)
+                    done = True
+                if done:
                     with self._lock:
                         self._pending.remove(batch)
             self._wake.wait(0.5)
@@ -239,7 +251,7 @@ class FanOut:
         may queue it behind other calls), ``report_wait`` at least; one that has started, for twice
         that from its start.
         """
-        if all(c.settled for sent in batch.invocations for c, _ in sent):
+        if all(c.settled for c in batch.calls()):
             return True
         key = report_key(batch.key)
         if key in keys:
@@ -273,6 +285,7 @@ class FanOut:
             log.warning("fan-out batch %s: its invoker invoked nothing (%s); the client invokes its calls itself",
                         batch.key, report["error"])
         by_ids = {tuple((c.call_id, attempt) for c, attempt in sent): sent for sent in batch.invocations}
+        refused = []
         for calls, accepted, throttled, ambiguous, error in report["invocations"]:
             sent = by_ids.pop(tuple(tuple(c) for c in calls), None)
             if sent is None:
@@ -282,11 +295,12 @@ class FanOut:
             if accepted is None:
                 log.warning("fan-out batch %s: the invoker could not invoke calls %s (%s); the client does",
                             batch.key, ", ".join(c.call_id for c, _ in sent), error)
-                by_ids[tuple(calls)] = sent
+                refused.append(sent)
             else:
                 self.tracker.invoked(sent, (time.monotonic(), accepted), throttled=throttled)
-        if by_ids:
-            self._invoke_directly(attrs.evolve(batch, invocations=list(by_ids.values())), possible_runs=False)
+        missed = refused + list(by_ids.values())  # by_ids: what the report did not mention
+        if missed:
+            self._invoke_directly(attrs.evolve(batch, invocations=missed), possible_runs=False)
 
     def _invoke_directly(self, batch: Batch, possible_runs: bool) -> None:
         """Queue on the client's invoker those of ``batch``'s calls that have not started or ended."""

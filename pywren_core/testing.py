@@ -1421,6 +1421,17 @@ class FanOutConformance(_Isolated):
         assert sorted(counter.direct) == sorted(f.call_id for f in futures)
         assert all(f.stats.get("runs", 1) == 1 and not f.stats.get("ambiguous_invokes") for f in futures)
 
+    def test_lost_answers_inside_and_outside_the_invokers_are_counted(self, pywren_config: dict[str, Any]) -> None:
+        """With a third of the invocations' answers lost (the client's and the invokers' alike, by
+        the fault injector, which travels to the workers), every call still ends right, and the
+        possible extra runs show in the calls' stats."""
+        faults = {"ambiguous_invokes": 0.3, "seed": 7}
+        with pw.executor(pywren_config, fanout=1, fanout_batch=self.batch, progress=False, retries=0,
+                         faults=faults) as ex:
+            futures = ex.map(square, range(self.map_size))
+            assert ex.get_result(futures, timeout=self.timeout) == [x * x for x in range(self.map_size)]
+        assert sum(f.stats.get("ambiguous_invokes", 0) for f in futures) > 0
+
     def test_an_invoker_that_never_reports_does_not_hang_the_map(self, pywren_config: dict[str, Any],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
         """With every report unreadable, the client invokes each batch's unfinished calls itself
