@@ -134,9 +134,11 @@ class BackendInfo:
     #: Storage requests the client runs at once while collecting results (1: no thread pool).
     storage_concurrency: int = 32
     #: URL schemes whose objects the data hooks serve (``("s3",)``); empty: the backend maps over
-    #: in-memory items only. A backend that declares schemes implements every ``pywren_data_*`` hook.
+    #: in-memory items only. A backend that declares schemes implements every ``pywren_data_*`` hook
+    #: but the optional ``pywren_data_open``.
     data_schemes: Sequence[str] = ()
-    #: Largest ranged read the core asks ``pywren_data_get`` for while streaming an object.
+    #: Largest ranged read the core asks ``pywren_data_get`` for while streaming an object, for a
+    #: backend without ``pywren_data_open`` (which streams one ranged GET).
     data_block_size: int = 8 * 2**20
     #: Where the workers run, for building runtimes (see :mod:`pywren_core.runtime`); None: the
     #: backend takes no runtime, and a config that asks for one is refused.
@@ -346,6 +348,10 @@ class Session:
 
     def data_get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         return retry_throttled(lambda: self._call("pywren_data_get", bucket=bucket, key=key, byte_range=byte_range))
+
+    def data_open(self, bucket: str, key: str, byte_range: tuple[int, int]) -> Any:
+        """A stream over bytes ``[start, end)`` (``pywren_data_open``), or None: the backend has no such hook."""
+        return retry_throttled(lambda: self._call("pywren_data_open", bucket=bucket, key=key, byte_range=byte_range))
 
     def data_put(self, bucket: str, key: str, data: bytes) -> None:
         data = bytes(data)

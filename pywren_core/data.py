@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from pywren_core.backend import Session, retry_throttled
+from pywren_core.backend import Session
 from pywren_core.errors import NotFoundError, ObjectChangedError, StorageError, URLError
 
 #: Schemes of the backends this project publishes, for an error that names who serves a URL.
@@ -143,10 +143,7 @@ class Storage:
         start, end = byte_range
         if end <= start:  # still NotFoundError for a missing object
             return io.BytesIO(self.session.data_get(bucket, key, (start, end)))
-        # Session has no method for this optional hook: it is called as Session calls the others.
-        stream = retry_throttled(
-            lambda: self.session._call("pywren_data_open", bucket=bucket, key=key, byte_range=(start, end))
-        )
+        stream = self.session.data_open(bucket, key, (start, end))
         return BlockStream(self, url, start, end, block or self.block_size) if stream is None else stream
 
     def open(self, url: str, size: int | None = None) -> io.BufferedReader:
