@@ -19,7 +19,7 @@ batch and invokes the calls in it from threads of its own, next to the platform'
 - An invoker's payload delivered a second time (a queue's redelivery) invokes nothing: its batch
   was handed out once, and the client's wait covers a first run that died.
 
-A backend opts in with ``BackendInfo.fanout_threshold`` (fan out maps of at least that many
+A backend opts in with the ``pywren_fanout`` hook (fan out maps of at least that many
 invocations) and a ``pywren_invoke`` that also works in a worker's session.
 """
 
