@@ -925,6 +925,31 @@ def main() -> None:
     report(results, args)
 
 
+def backend_parser(doc: str, backends: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The arguments every per-backend benchmark takes: the backends, and the hidden ``--here`` and
+    ``--json-out`` of :func:`run_elsewhere`'s own part."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("backends", nargs="*", metavar="BACKEND", help=f"any of {', '.join(backends)} (default: all)")
+    parser.add_argument("--here", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", help=argparse.SUPPRESS)
+    return parser
+
+
+@contextlib.contextmanager
+def platform_here(backend: str, args: argparse.Namespace, name: str) -> Iterator[tuple[Platform, dict[str, Any]]]:
+    """A benchmark's part in the backend's interpreter: no ``PYWREN_*`` variable, the backend's stack
+    started (4 calls at a time), and a result dict, with the load average at both ends, written to
+    ``--json-out`` when the block ends."""
+    for var in [v for v in os.environ if v.startswith("PYWREN_")]:
+        del os.environ[var]
+    result: dict[str, Any] = {"backend": backend, "load": [os.getloadavg()[0]]}
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-{backend}-") as tmp, \
+            PLATFORMS[backend](Path(tmp), 4) as platform:
+        yield platform, result
+    result["load"].append(os.getloadavg()[0])
+    Path(args.json_out).write_text(json.dumps(result))
+
+
 def run_elsewhere(script: str, backend: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """Run ``script BACKEND --here`` with ``args`` in the backend's interpreter (this one for local;
     else bench_invoke's choice), this tree's core and plugin first on the path, and return the

@@ -17,20 +17,17 @@ call. Medians over all rounds' calls.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_data import PLATFORMS, run_elsewhere  # noqa: E402
+from bench_data import backend_parser, platform_here, run_elsewhere  # noqa: E402
 
 BACKENDS = ("local", "aws", "gcp", "azure")
 
@@ -66,19 +63,14 @@ def measure(config: dict[str, Any], calls: int, longest: float, push: bool) -> d
 
 
 def run_here(backend: str, args: argparse.Namespace) -> None:
-    for var in [v for v in os.environ if v.startswith("PYWREN_")]:
-        del os.environ[var]
-    results: dict[str, Any] = {"backend": backend, "load": [os.getloadavg()[0]], "cases": {}}
-    with tempfile.TemporaryDirectory(prefix=f"bench-notice-{backend}-") as tmp, \
-            PLATFORMS[backend](Path(tmp), 4) as platform:
+    with platform_here(backend, args, "notice") as (platform, results):
+        results["cases"] = {}
         for case in platform.cases:
             runs: dict[str, list[dict[str, Any]]] = {"push": [], "listing": []}
             for _ in range(args.rounds):
                 for kind in ("push", "listing"):
                     runs[kind].append(measure(case.config, args.calls, args.longest, kind == "push"))
             results["cases"][case.name] = runs
-    results["load"].append(os.getloadavg()[0])
-    Path(args.json_out).write_text(json.dumps(results))
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -100,13 +92,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("backends", nargs="*", metavar="BACKEND", help=f"any of {', '.join(BACKENDS)} (default: all)")
+    parser = backend_parser(__doc__, BACKENDS)
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--longest", type=float, default=8.0, help="the longest call's sleep, in seconds")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--here", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--json-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.here:
         run_here(args.backends[0], args)

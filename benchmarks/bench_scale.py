@@ -16,18 +16,16 @@ from /proc, so a figure bound by the emulator shows as such.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_data import PLATFORMS, run_elsewhere  # noqa: E402
+from bench_data import backend_parser, platform_here, run_elsewhere  # noqa: E402
 
 BACKENDS = ("local", "aws", "gcp", "azure")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -78,24 +76,15 @@ def measure(config: dict[str, Any], calls: int) -> dict[str, float]:
 
 
 def run_here(backend: str, args: argparse.Namespace) -> None:
-    for var in [v for v in os.environ if v.startswith("PYWREN_")]:
-        del os.environ[var]
-    result: dict[str, Any] = {"backend": backend, "load": [os.getloadavg()[0]], "cases": {}}
-    with tempfile.TemporaryDirectory(prefix=f"bench-scale-{backend}-") as tmp, \
-            PLATFORMS[backend](Path(tmp), 4) as platform:
-        for case in platform.cases[: 1 if args.first_case_only else None]:
-            result["cases"][case.name] = measure(case.config, args.calls)
-    result["load"].append(os.getloadavg()[0])
-    Path(args.json_out).write_text(json.dumps(result))
+    with platform_here(backend, args, "scale") as (platform, result):
+        result["cases"] = {case.name: measure(case.config, args.calls)
+                           for case in platform.cases[: 1 if args.first_case_only else None]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("backends", nargs="*", metavar="BACKEND", help=f"any of {', '.join(BACKENDS)} (default: all)")
+    parser = backend_parser(__doc__, BACKENDS)
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--first-case-only", action="store_true", help="azure: the queue trigger alone")
-    parser.add_argument("--here", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--json-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.here:
         run_here(args.backends[0], args)
