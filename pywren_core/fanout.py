@@ -220,18 +220,17 @@ class FanOut:
                 if not pending:
                     self._thread = None
                     return
-            listed: dict[str, set[str] | None] = {}
+            listed: dict[str, set[str]] = {}
             for batch in pending:
                 prefix = batch.job.keys.prefix
                 if prefix not in listed:
                     try:
                         listed[prefix] = set(self.session.list(f"{prefix}fanout/"))
-                    except Exception as exc:  # the next round lists again
+                    except Exception as exc:  # the next round lists again; the deadlines still count
                         log.warning("listing the fan-out reports of job %s failed: %s", prefix, exc)
-                        listed[prefix] = None
-                keys = listed[prefix]
+                        listed[prefix] = set()
                 try:
-                    done = keys is not None and self._check(batch, keys)
+                    done = self._check(batch, listed[prefix])
                 except Exception:  # a bug: never leave the batch's calls waiting on it
                     log.exception("fan-out batch %s: reading its report failed; the client invokes its calls "
                                   "itself, each of which may run twice", batch.key)
