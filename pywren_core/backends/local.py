@@ -29,7 +29,7 @@ import time
 import traceback
 import types
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -282,26 +282,29 @@ def pywren_data_list(bucket: str, prefix: str) -> list[tuple[str, int]]:
     return found
 
 
-@hookimpl
-def pywren_data_get(bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
-    path = _data_path(key)
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """A data file's read errors as pywren's, naming the file."""
     try:
-        return _read(path, byte_range)
+        yield
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise NotFoundError(f"no file at {path}") from None
     except PermissionError:
         raise AccessDeniedError(f"you may not read {path}") from None
+
+
+@hookimpl
+def pywren_data_get(bucket: str, key: str, byte_range: tuple[int, int] | None) -> bytes:
+    path = _data_path(key)
+    with _reading(path):
+        return _read(path, byte_range)
 
 
 @hookimpl
 def pywren_data_open(bucket: str, key: str, byte_range: tuple[int, int]) -> FileRange:
     path = _data_path(key)
-    try:
+    with _reading(path):
         return FileRange(path, byte_range)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise NotFoundError(f"no file at {path}") from None
-    except PermissionError:
-        raise AccessDeniedError(f"you may not read {path}") from None
 
 
 @hookimpl
