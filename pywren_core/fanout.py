@@ -89,43 +89,51 @@ def _context(key: str) -> str:
 
 
 def serve(session: Session, payload: dict[str, Any], prefix: str, secret: bytes, delivery: int | None) -> None:
-    """Run an invoker: invoke every payload of its batch, then write the report."""
+    """Run an invoker: invoke every payload of its batch, then write the report. What it writes is
+    fenced against cleanup as a status is (``worker.put_fenced``): the invoker of a job cleaned up
+    meanwhile invokes nothing and leaves nothing behind."""
+    from pywren_core import worker
+
     key = payload["fanout"]
     if not isinstance(key, str) or not key.startswith(f"{prefix}fanout/") or not key.endswith(".batch"):
         raise PywrenError(f"fan-out batch {key!r} is not one of job {prefix}'s")
     if delivery is not None and delivery > 1:
-        print(f"pywren: fan-out batch {key}: delivered again, invoking nothing (the client re-invokes what "
-              "never reported)", flush=True)
+        worker.log(f"fan-out batch {key}: delivered again, invoking nothing (the client re-invokes what never "
+                   "reported)")
         return
     started = time.time()
-    session.put(started_key(key), b"")
-    rkey = report_key(key)
+    if not worker.put_fenced(session, payload, [(started_key(key), b"")]):
+        worker.log(f"fan-out batch {key}: job {prefix} is gone, invoking nothing")
+        return
+
+    def report(content: dict[str, Any]) -> None:
+        rkey = report_key(key)
+        body = json.dumps(content, separators=(",", ":")).encode()
+        worker.put_fenced(session, payload, [(rkey, sign(secret, _context(rkey), body))])
+
     try:
         children = json.loads(verify(secret, _context(key), session.get(key)))["payloads"]
     except (NotFoundError, SignatureError, ValueError, KeyError) as exc:  # gone, or not what this job stored
-        print(f"pywren: fan-out batch {key}: {type(exc).__name__}: {exc}; invoking nothing", flush=True)
-        _write_report(session, secret, rkey, {"error": f"{type(exc).__name__}: {exc}", "invocations": []})
+        worker.log(f"fan-out batch {key}: {type(exc).__name__}: {exc}; invoking nothing")
+        report({"error": f"{type(exc).__name__}: {exc}", "invocations": []})
         return
     handed = {k: payload[k] for k in HANDED_DOWN if k in payload}
     ids = (payload["executor_id"], payload["job_id"])
+    unpaced = Pacer(None)
 
     def one(child: dict[str, Any]) -> list[Any]:
         calls = [(c["call_id"], c["attempt"]) for c in child["calls"]]
         if (child.get("executor_id"), child.get("job_id")) != ids:
             return [calls, None, 0, 0, "a payload of another job"]
         try:
-            accepted = invoke_until_accepted(session.invoke, {**child, **handed}, Pacer(None), give_up_after=300.0)
+            accepted = invoke_until_accepted(session.invoke, {**child, **handed}, unpaced, give_up_after=300.0)
         except Exception as exc:
             return [calls, None, 0, 0, f"{type(exc).__name__}: {exc}"]
         return [calls, accepted.at, accepted.throttled, accepted.ambiguous, ""]
 
     with concurrent.futures.ThreadPoolExecutor(INVOKER_THREADS, "pywren-fanout") as pool:
         outcomes = list(pool.map(one, children))
-    _write_report(session, secret, rkey, {"start": started, "end": time.time(), "invocations": outcomes})
-
-
-def _write_report(session: Session, secret: bytes, key: str, report: dict[str, Any]) -> None:
-    session.put(key, sign(secret, _context(key), json.dumps(report, separators=(",", ":")).encode()))
+    report({"start": started, "end": time.time(), "invocations": outcomes})
 
 
 # --- on the client -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -341,16 +341,23 @@ def write_status(
     function is gone once written, the job was deleted meanwhile, and what was written is deleted
     again. Returns whether the status stands."""
     keys = JobKeys.from_payload(payload)
-    written = []
-    if result is not None:
-        session.put(status["result_key"], result)
-        written.append(status["result_key"])
-    written.append(keys.status(status["call_id"], status["attempt"]))
-    session.put(written[-1], dump_status(secret, keys, status))
+    writes = [] if result is None else [(status["result_key"], result)]
+    writes.append((keys.status(status["call_id"], status["attempt"]), dump_status(secret, keys, status)))
+    if put_fenced(session, payload, writes):
+        return True
+    log(f"job {keys.prefix} was cleaned up while call {status['call_id']} ran: its status is withdrawn")
+    return False
+
+
+def put_fenced(session: Session, payload: dict[str, Any], writes: Sequence[tuple[str, bytes]]) -> bool:
+    """Put each ``(key, data)`` in order, fenced against cleanup (see :mod:`pywren_core.protocol`):
+    when the job's function is gone once they are written, the job was deleted meanwhile, and they
+    are deleted again. Returns whether they stand."""
+    for key, data in writes:
+        session.put(key, data)
     if _job_present(session, payload):
         return True
-    session.delete(written)
-    log(f"job {keys.prefix} was cleaned up while call {status['call_id']} ran: its status is withdrawn")
+    session.delete([key for key, _ in writes])
     return False
 
 
