@@ -6,7 +6,6 @@ inlining, timeouts and the invocation rate to its :class:`Limits`.
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import sys
@@ -276,7 +275,7 @@ def invoke_until_accepted(
     else the hook raised (a refusal for good); the caller decides what that fails."""
     result = Accepted()
     started = None
-    for attempt in itertools.count():
+    while True:
         pacer.wait()
         started = started or time.monotonic()
         sent = time.time()
@@ -288,17 +287,16 @@ def invoke_until_accepted(
             else:
                 result.ambiguous += 1
                 on_ambiguous()
-            waited = time.monotonic() - started
+            tries, waited = result.throttled + result.ambiguous, time.monotonic() - started
             if waited > give_up_after or result.ambiguous >= AMBIGUOUS_TRIES:
-                raise InvokeError(f"the platform did not accept the invocation ({attempt + 1} tries in "
+                raise InvokeError(f"the platform did not accept the invocation ({tries} tries in "
                                   f"{waited:.1f} s); the last answer: {exc}") from None
             if cancelled():
                 return result
-            time.sleep(backoff_delay(min(attempt, 7), getattr(exc, "retry_after", None)))
+            time.sleep(backoff_delay(min(tries - 1, 7), getattr(exc, "retry_after", None)))
             continue
         result.at = sent
         return result
-    raise AssertionError("unreachable")
 
 
 class Session:
