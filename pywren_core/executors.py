@@ -506,7 +506,12 @@ class _Engine:
         self.invoker.submit(job, [calls])
 
     def _retired(self, job: Job) -> None:
-        if self.config.cleanup:
+        """Clean up the job once its fan-out reports, which may come after its last call, are read."""
+        if not self.config.cleanup:
+            return
+        if self.invoker.fanout is not None:
+            self.invoker.fanout.after_reports(job, self.cleaner.submit)
+        else:
             self.cleaner.submit(job)
 
     def _stop_remote(self, job: Job, call_ids: list[str]) -> None:
@@ -534,14 +539,16 @@ class _Engine:
                 self.monitor.stop_now()  # never wait on a monitor that does not finish
                 self._finish()
 
-    def _finish(self) -> None:
-        """The last act, on the monitor thread (or the caller's): every job still known is cleaned."""
+    def _finish(self, wait_reports: bool = True) -> None:
+        """The last act, on the monitor thread (or the caller's): every job still known is cleaned,
+        after its fan-out reports (unless not ``wait_reports``)."""
         with self._stop_lock:
             if self._stopped.is_set():
                 return
             self.invoker.stop()
+            left = self.invoker.fanout.finish(wait_reports) if self.invoker.fanout is not None else []
             self.cleaner.stop()
-            left = self.tracker.drop_jobs()  # a job whose retirement a second Ctrl-C cut short
+            left += self.tracker.drop_jobs()  # a job whose retirement a second Ctrl-C cut short
             if self.config.cleanup:
                 for job in left:
                     self.cleaner.clean(job)
@@ -559,7 +566,7 @@ class _Engine:
         self.tracker.cancel_all(self.tracker.open_calls())
         self.stopping = True
         self.monitor.stop_now()
-        self._finish()
+        self._finish(wait_reports=False)
 
 
 class _Invoker:

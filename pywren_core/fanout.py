@@ -16,6 +16,9 @@ batch and invokes the calls in it from threads of its own, next to the platform'
   invokes a batch directly when its invoker has not started ``report_wait`` seconds after it was
   accepted and after the job's last progress, or has not reported twice that long after it
   started (it died); each call it invokes then counts a possible extra run.
+- A report is read even when the batch's calls have all ended (fast calls end before their invoker
+  reports): a job's cleanup, and the executor's shutdown, wait for its batches' reports, a quarter
+  of ``report_wait`` at most once the calls have ended, so every call's stats say how it was invoked.
 - An invoker's payload delivered a second time (a queue's redelivery) invokes nothing: its batch
   was handed out once, and the client's wait covers a first run that died.
 
@@ -150,6 +153,8 @@ class Batch:
     accepted: float | None = None
     #: ``time.monotonic()`` when the client first saw the invoker's start marker; None before.
     started: float | None = None
+    #: ``time.monotonic()`` when the client first saw every call of the batch ended; None before.
+    ended: float | None = None
 
     def calls(self) -> list[Any]:
         return [c for sent in self.invocations for c, _ in sent]
@@ -174,7 +179,12 @@ class FanOut:
         self.invokers = 0
         self._pending: list[Batch] = []
         self._numbers: dict[str, int] = {}
+        #: Per job (its prefix): batches made and not yet done with (invoked and reported, or given up on).
+        self._open: dict[str, int] = {}
+        #: Per job: what to do once its batches are done with (the job's cleanup), when it ended first.
+        self._deferred: dict[str, tuple[Any, Callable[[Any], None]]] = {}
         self._lock = threading.Lock()
+        self._all_done = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -188,11 +198,51 @@ class FanOut:
                 number = self._numbers[job.keys.prefix] = self._numbers.get(job.keys.prefix, -1) + 1
             chunk = [[(c, c.attempt) for c in calls] for calls in invocations[start:start + self.batch_size]]
             out.append(Batch(job, batch_key(job.keys.prefix, number), chunk))
+        with self._lock:
+            self._open[job.keys.prefix] = self._open.get(job.keys.prefix, 0) + len(out)
         return out
+
+    def after_reports(self, job: Any, then: Callable[[Any], None]) -> None:
+        """``then(job)`` once every batch of ``job`` is done with: now, if none is open."""
+        with self._lock:
+            if self._open.get(job.keys.prefix):
+                self._deferred[job.keys.prefix] = (job, then)
+                return
+        then(job)
+
+    def finish(self, wait: bool) -> list[Any]:
+        """The executor stops: wait (if ``wait``) for the open batches' reports, a quarter of
+        ``report_wait`` and a round at most, as their calls have ended; return the jobs whose
+        ``after_reports`` has not run, which the caller cleans now."""
+        deadline = time.monotonic() + (self.report_wait / 4 + 1.0 if wait else 0.0)
+        with self._lock:
+            while self._open and (left := deadline - time.monotonic()) > 0:
+                self._all_done.wait(left)
+            deferred, self._deferred = self._deferred, {}
+            self._pending.clear()  # the watcher ends: the session is about to close
+        return [job for job, _ in deferred.values()]
+
+    def _done(self, batch: Batch) -> None:
+        """Done with ``batch``: when it was its job's last, run what waited on the job's batches."""
+        prefix = batch.job.keys.prefix
+        with self._lock:
+            self._open[prefix] -= 1
+            if self._open[prefix]:
+                return
+            del self._open[prefix]
+            deferred = self._deferred.pop(prefix, None)
+            if not self._open:
+                self._all_done.notify_all()
+        if deferred is not None:
+            job, then = deferred
+            then(job)
 
     def invoke(self, batch: Batch, pacer: Pacer, give_up_after: float) -> None:
         """Store ``batch`` and invoke its invoker; if either fails, invoke its calls directly."""
         job = batch.job
+        if all(c.settled for c in batch.calls()):  # cancelled, or failed, while it waited its turn
+            self._done(batch)
+            return
         strip = set(HANDED_DOWN)
         payloads = [{k: v for k, v in job.payload(sent).items() if k not in strip} for sent in batch.invocations]
         try:
@@ -207,6 +257,7 @@ class FanOut:
             log.warning("fan-out batch %s: %s; the client invokes its %d invocations itself", batch.key, exc,
                         len(batch.invocations))
             self._invoke_directly(batch, possible_runs=False)
+            self._done(batch)
             return
         # The calls stay NEW until the report says when each was accepted; till then this watch bounds
         # the wait, not the lost-call timer.
@@ -228,8 +279,11 @@ class FanOut:
                 if not pending:
                     self._thread = None
                     return
+            # Whether each batch's calls had ended, before the listing: a call that ended after it
+            # may have been invoked by an invoker whose start marker the listing missed.
+            ended = [all(c.settled for c in batch.calls()) for batch in pending]
             listed: dict[str, set[str]] = {}
-            for batch in pending:
+            for batch, calls_ended in zip(pending, ended, strict=True):
                 prefix = batch.job.keys.prefix
                 if prefix not in listed:
                     try:
@@ -238,7 +292,7 @@ class FanOut:
                         log.warning("listing the fan-out reports of job %s failed: %s", prefix, exc)
                         listed[prefix] = set()
                 try:
-                    done = self._check(batch, listed[prefix])
+                    done = self._check(batch, listed[prefix], calls_ended)
                 except Exception:  # a bug: never leave the batch's calls waiting on it
                     log.exception("fan-out batch %s: reading its report failed; the client invokes its calls "
                                   "itself, each of which may run twice", batch.key)
@@ -246,20 +300,25 @@ class FanOut:
                     done = True
                 if done:
                     with self._lock:
+                        if batch not in self._pending:  # the executor stopped meanwhile
+                            self._thread = None
+                            return
                         self._pending.remove(batch)
+                    self._done(batch)
             self._wake.wait(0.5)
             self._wake.clear()
 
-    def _check(self, batch: Batch, keys: set[str]) -> bool:
-        """Apply ``batch``'s report if it has come (``keys``: the job's fan-out objects), or give up
-        on it; True once done with it.
+    def _check(self, batch: Batch, keys: set[str], calls_ended: bool) -> bool:
+        """Apply ``batch``'s report if it has come (``keys``: the job's fan-out objects, listed
+        after ``calls_ended`` was seen), or give up on it; True once done with it.
 
         An invoker that has not started is waited for while its job makes progress (the platform
         may queue it behind other calls), ``report_wait`` at least; one that has started, for twice
-        that from its start.
+        that from its start. Once the batch's calls have ended, an invoker that started has only
+        its report left to write: it gets a quarter of ``report_wait``; one that never started
+        invoked none of them (they were cancelled, failed or invoked by the client), and has
+        nothing to report.
         """
-        if all(c.settled for c in batch.calls()):
-            return True
         key = report_key(batch.key)
         if key in keys:
             try:
@@ -272,12 +331,21 @@ class FanOut:
         now = time.monotonic()
         if batch.started is None and started_key(batch.key) in keys:
             batch.started = now
+        if calls_ended and batch.started is None:
+            return True
         if batch.started is not None:
             deadline = batch.started + 2 * self.report_wait
         else:
             deadline = max(batch.accepted or now, batch.job.last_progress) + self.report_wait
+        if calls_ended:
+            batch.ended = batch.ended or now
+            deadline = min(deadline, batch.ended + self.report_wait / 4)
         if now < deadline:
             return False
+        if calls_ended:
+            log.warning("fan-out batch %s: its calls ended, but its invoker did not report in time; their stats do "
+                        "not say when each was invoked", batch.key)
+            return True
         log.warning("fan-out batch %s: no report from its invoker in time (%s); the client invokes its calls "
                     "itself, each of which may run twice", batch.key,
                     "it started" if batch.started is not None else "it never started")

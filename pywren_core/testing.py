@@ -53,7 +53,7 @@ from pywren_core import plugins
 from pywren_core.backend import Session
 from pywren_core.errors import CallTimeoutError, NotFoundError, SerializationError, ThrottledError
 from pywren_core.plugins import load_backend
-from pywren_core.protocol import PAYLOAD_CALL_KEYS, PAYLOAD_KEYS, new_id
+from pywren_core.protocol import JOBS_PREFIX, PAYLOAD_CALL_KEYS, PAYLOAD_KEYS, new_id
 
 
 def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
@@ -1386,6 +1386,19 @@ class _HideReports:
         return result
 
 
+class _LateReports:
+    """The client's listings miss fan-out reports until ``shown`` is set: as when every call of a
+    batch ends before its invoker has written its report."""
+
+    def __init__(self) -> None:
+        self.shown = threading.Event()
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_storage_list(self, prefix: str) -> Any:
+        keys = yield
+        return keys if self.shown.is_set() else [k for k in keys if not k.endswith(".report")]
+
+
 class FanOutConformance(_Isolated):
     """For a backend whose plugin declares ``pywren_fanout``: large maps invoked by invokers that run
     on the platform (:mod:`pywren_core.fanout`). Fan-out is forced on small maps (``fanout: 1``,
@@ -1409,6 +1422,20 @@ class FanOutConformance(_Isolated):
         watch.check(futures)
         assert counter.invokers == -(-self.map_size // self.batch) and counter.direct == []
         assert all("invoked" in f.stats for f in futures)
+
+    def test_a_report_that_comes_after_the_calls_is_still_read(self, pywren_config: dict[str, Any]) -> None:
+        """Every call ends before the client sees its invoker's report: shutting down waits for the
+        reports, applies them to the calls' stats, and only then deletes the job's objects."""
+        late, store = _LateReports(), open_session(pywren_config)
+        with self.fanned_executor(pywren_config, [late]) as ex:
+            futures = ex.map(square, range(self.map_size))
+            assert ex.get_result(futures, timeout=self.timeout) == [x * x for x in range(self.map_size)]
+            assert not any("invoked" in f.stats for f in futures), "the reports were seen before they were shown"
+            late.shown.set()
+        left = store.list(f"{JOBS_PREFIX}/{ex.executor_id}/")
+        store.close()
+        assert all("invoked" in f.stats for f in futures)
+        assert left == [], f"the job's objects outlived the executor: {left[:5]}"
 
     def test_a_tampered_batch_invokes_nothing_and_the_client_invokes_it(self, pywren_config: dict[str, Any]) -> None:
         """A batch changed in the bucket fails its signature: the invoker invokes none of it and
