@@ -478,6 +478,8 @@ class _Engine:
         self.cleaner = _Cleaner(session)
         self.monitor = _Monitor(self)
         self.stopping = False
+        #: Stopping with the calls cancelled (Ctrl-C, interpreter exit): no wait for fan-out reports.
+        self.hurry = False
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         atexit.register(self.exit_now)
@@ -523,6 +525,7 @@ class _Engine:
     def stop(self, wait: bool, cancel: bool = False) -> None:
         """Stop once every call has settled (at once with ``cancel``); ``wait`` blocks until then."""
         if cancel:
+            self.hurry = True
             self.tracker.cancel_all(self.tracker.open_calls())
         self.stopping = True
         if not self.monitor.start(idle_ok=True):
@@ -539,14 +542,14 @@ class _Engine:
                 self.monitor.stop_now()  # never wait on a monitor that does not finish
                 self._finish()
 
-    def _finish(self, wait_reports: bool = True) -> None:
+    def _finish(self) -> None:
         """The last act, on the monitor thread (or the caller's): every job still known is cleaned,
-        after its fan-out reports (unless not ``wait_reports``)."""
+        after its fan-out reports unless in a hurry."""
         with self._stop_lock:
             if self._stopped.is_set():
                 return
             self.invoker.stop()
-            left = self.invoker.fanout.finish(wait_reports) if self.invoker.fanout is not None else []
+            left = self.invoker.fanout.finish(wait=not self.hurry) if self.invoker.fanout is not None else []
             self.cleaner.stop()
             left += self.tracker.drop_jobs()  # a job whose retirement a second Ctrl-C cut short
             if self.config.cleanup:
@@ -563,10 +566,11 @@ class _Engine:
         """At interpreter exit: cancel what is still open, delete every job's objects, close."""
         if self._stopped.is_set():
             return
+        self.hurry = True
         self.tracker.cancel_all(self.tracker.open_calls())
         self.stopping = True
         self.monitor.stop_now()
-        self._finish(wait_reports=False)
+        self._finish()
 
 
 class _Invoker:

@@ -1437,6 +1437,29 @@ class FanOutConformance(_Isolated):
         assert all("invoked" in f.stats for f in futures)
         assert left == [], f"the job's objects outlived the executor: {left[:5]}"
 
+    def test_cancelling_a_fanned_out_map_does_not_wait_for_reports(self, pywren_config: dict[str, Any]) -> None:
+        """Leaving the executor's block with an error cancels the calls, and the client stops at
+        once: it does not wait for the report of an invoker that started (a quarter of the report
+        wait, 30 s, when the calls have ended on their own)."""
+        late, store = _LateReports(), open_session(pywren_config)
+
+        class Interrupted(Exception):
+            pass
+
+        with pytest.raises(Interrupted):
+            with self.fanned_executor(pywren_config, [late]) as ex:
+                futures = ex.map(sleep_then_return, [5.0] * self.batch)
+                prefix = f"{JOBS_PREFIX}/{ex.executor_id}/{futures[0].job_id}/fanout/"
+                with _bounded(self.timeout, "the invoker's start marker"):
+                    while not any(k.endswith(".started") for k in store.list(prefix)):
+                        time.sleep(0.2)
+                stopping = time.monotonic()
+                raise Interrupted
+        stopped = time.monotonic() - stopping
+        store.close()
+        assert all(f.cancelled() for f in futures)
+        assert stopped < 20.0, f"the client took {stopped:.1f} s to stop after cancelling"
+
     def test_a_tampered_batch_invokes_nothing_and_the_client_invokes_it(self, pywren_config: dict[str, Any]) -> None:
         """A batch changed in the bucket fails its signature: the invoker invokes none of it and
         reports so, and the client invokes those calls itself, each once."""
