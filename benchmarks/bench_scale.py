@@ -77,14 +77,14 @@ def measure(config: dict[str, Any], calls: int) -> dict[str, float]:
 
 def run_here(backend: str, args: argparse.Namespace) -> None:
     with platform_here(backend, args, "scale") as (platform, result):
-        result["cases"] = {case.name: measure(case.config, args.calls)
-                           for case in platform.cases[: 1 if args.first_case_only else None]}
+        cases = [case for case in platform.cases if args.case in (None, case.name)]
+        result["cases"] = {case.name: measure(case.config, args.calls) for case in cases}
 
 
 def main() -> None:
     parser = backend_parser(__doc__, BACKENDS)
     parser.add_argument("--calls", type=int, default=10_000)
-    parser.add_argument("--first-case-only", action="store_true", help="azure: the queue trigger alone")
+    parser.add_argument("--case", help="one setup of the backend's, by name (e.g. 'azure http'; default: all)")
     args = parser.parse_args()
     if args.here:
         run_here(args.backends[0], args)
