@@ -130,3 +130,52 @@ def test_a_done_notice_names_ids_only_and_parses_back_to_done_events():
     for junk in ("not json", "[]", '{"executor_id": 1, "job_id": [], "calls": "x"}',
                  '{"executor_id": "e1", "job_id": "j1", "calls": [["00001", "0"], [2, 0], [1]]}'):
         assert done_events(junk) == [], junk
+
+
+def _listings_for_a_staggered_map(pywren_config, watcher, notices):
+    """Status listings made while 20 calls end one after another (about 2 s on 2 workers)."""
+    with pw.executor(pywren_config, wrappers=[watcher], progress=False) as ex:
+        thread = threading.Thread(target=watcher.watch, daemon=True)
+        if notices:
+            thread.start()
+        try:
+            delays = [0.02 * i for i in range(20)]
+            assert ex.get_result(ex.map(staggered, delays), timeout=60) == delays
+        finally:
+            watcher.stop.set()
+            if notices:
+                thread.join()
+    return watcher.listings
+
+
+def test_while_notices_come_the_listing_only_backs_them_up(pywren_config, storage_dir):
+    """Once done events settle calls, listing every status group each round would re-read what
+    the notices told: the listing pauses (10 s) while notices keep coming."""
+    alone = _listings_for_a_staggered_map(pywren_config, CompletionWatcher(storage_dir), notices=False)
+    noticed = _listings_for_a_staggered_map(pywren_config, CompletionWatcher(storage_dir), notices=True)
+    assert noticed * 5 <= alone, (noticed, alone)
+
+
+def test_a_lost_notice_costs_time_only(pywren_config, storage_dir, monkeypatch):
+    """The notice of one call never comes, while the others' do: the listing still finds it."""
+    from pywren_core import executors
+
+    monkeypatch.setattr(executors, "NOTICE_LISTING_PAUSE", 1.0)
+
+    class LosesOne(CompletionWatcher):
+        @pw.hookimpl
+        def pywren_poll_events(self):
+            return [e for e in super().pywren_poll_events() if e.call_id != "00003"]
+
+    watcher = LosesOne(storage_dir)
+    with pw.executor(pywren_config, wrappers=[watcher], progress=False) as ex:
+        thread = threading.Thread(target=watcher.watch, daemon=True)
+        thread.start()
+        try:
+            delays = [0.05 * i for i in range(10)]
+            futures = ex.map(staggered, delays)
+            assert ex.get_result(futures, timeout=30) == delays
+        finally:
+            watcher.stop.set()
+            thread.join()
+    assert all(f.stats.get("runs", 1) == 1 for f in futures)
