@@ -59,7 +59,8 @@ def pywren_connect(
     ``notify`` may be called from any thread once ``pywren_poll_events`` has new events: the
     client's monitor then reads them at once instead of at its next round. A plugin that learns
     of completions as they happen (a held-open response) reports each as a ``"done"`` event and
-    calls ``notify``, so a result is noticed within milliseconds without listing storage more.
+    calls ``notify``, so a result is noticed within milliseconds; while such events keep coming,
+    the monitor lists storage only every 10 s, to catch one that was lost.
     """
 
 
