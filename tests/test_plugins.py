@@ -8,9 +8,10 @@ import types
 import pytest
 
 import pywren_core as pw
+from pywren_core import config as config_module
 from pywren_core import plugins
 from pywren_core.backend import BackendInfo, Limits
-from pywren_core.errors import BackendNotFoundError, PluginError
+from pywren_core.errors import BackendNotFoundError, NotFoundError, PluginError
 from pywren_core.plugins import Backend, PluginEntry, load_backend
 
 
@@ -193,6 +194,55 @@ def test_session_wrappers_apply_to_one_executor_only(pywren_config):
     spied.get_result(spied.map(abs, [1, 2]))
     plain.get_result(plain.map(abs, [1, 2]))
     assert seen == ["j0000", "j0000"]
+
+
+class _PassThrough:
+    """A wrapper that changes nothing: its presence makes a session dispatch through pluggy."""
+
+    def __init__(self):
+        self.hooks = []
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_storage_get(self, key):
+        self.hooks.append("get")
+        return (yield)
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_poll_events(self):
+        self.hooks.append("poll_events")
+        return (yield)
+
+    @pw.hookimpl(wrapper=True)
+    def pywren_fanout(self):
+        self.hooks.append("fanout")
+        return (yield)
+
+
+def test_a_session_calls_a_lone_hook_directly_and_answers_as_pluggy_does(pywren_config):
+    """Without wrappers a session calls the backend's hook itself; what it answers, and raises, is
+    what pluggy's dispatch gives with a wrapper in the way (a list for a hook that collects answers,
+    the answer itself for a firstresult hook)."""
+    backend = load_backend("local")
+    section = config_module.load(pywren_config).backend_section(backend.info)
+    spy = _PassThrough()
+    direct, dispatched = backend.open(section), backend.open(section, wrappers=[spy])
+    try:
+        direct.put("probe/a", b"bytes")
+        for session in (direct, dispatched):
+            assert session.get("probe/a") == b"bytes"
+            assert session.get("probe/a", (1, 3)) == b"yt"
+            with pytest.raises(NotFoundError):
+                session.get("probe/missing")
+            assert session._call("pywren_poll_events") == direct._hook.pywren_poll_events(
+                backend="local", session=direct.handle)
+            assert session.fanout_threshold() is None
+        assert spy.hooks == ["get", "get", "get", "poll_events", "fanout"]
+        assert not hasattr(direct._callers["pywren_storage_get"], "get_hookimpls")  # the plugin's own function
+        assert hasattr(dispatched._callers["pywren_storage_get"], "get_hookimpls")  # pluggy's hook caller
+    finally:
+        direct.delete(["probe/a"])
+        direct.close()
+        dispatched.close()
 
 
 def test_arguments_beyond_the_payload_limit_travel_through_storage():
