@@ -41,10 +41,12 @@ def measure(config: dict[str, Any], calls: int, longest: float, push: bool) -> d
     import pywren_core as pw
 
     with pw.executor(config, progress=False) as ex:
-        ex.get_result(ex.map(nap, [0.01] * 4))  # warm workers and connections
         session = ex.session
         listings = [0]
         real_list, real_events = session.list, session.poll_events
+        if not push:  # from the start: the monitor must not have seen a notice come, even the warm-up's
+            session.poll_events = lambda: [e for e in real_events() if e.kind != "done"]  # type: ignore[method-assign]
+        ex.get_result(ex.map(nap, [0.01] * 4))  # warm workers and connections
 
         def counting_list(prefix: str) -> list[str]:
             if "/status/" in prefix:
@@ -52,8 +54,6 @@ def measure(config: dict[str, Any], calls: int, longest: float, push: bool) -> d
             return real_list(prefix)
 
         session.list = counting_list  # type: ignore[method-assign]
-        if not push:
-            session.poll_events = lambda: [e for e in real_events() if e.kind != "done"]  # type: ignore[method-assign]
         naps = [0.5 + (longest - 0.5) * i / max(1, calls - 1) for i in range(calls)]
         random.Random(calls).shuffle(naps)
         futures = ex.map(nap, naps)
