@@ -49,6 +49,8 @@ log = logging.getLogger("pywren_core.fanout")
 BATCH_SIZE = 500
 #: Threads an invoker invokes from.
 INVOKER_THREADS = 32
+#: Seconds between the client's rounds of reading the reports.
+ROUND = 0.5
 #: What an invoker's payload carries that its batch's payloads do not: the job's secret (sealed or
 #: not), and where the platform reports completions (``notice``), both set by the client's session.
 HANDED_DOWN = ("secret", "sealed_secret", "notice")
@@ -174,6 +176,9 @@ class FanOut:
         self.direct = direct
         self.threshold = threshold
         self.report_wait = report_wait
+        #: How long a report is waited for once its batch's calls have all ended: the invoker has
+        #: only the report left to write.
+        self.ended_wait = report_wait / 4
         self.batch_size = batch_size
         #: Invokers the platform accepted.
         self.invokers = 0
@@ -211,10 +216,10 @@ class FanOut:
         then(job)
 
     def finish(self, wait: bool) -> list[Any]:
-        """The executor stops: wait (if ``wait``) for the open batches' reports, a quarter of
-        ``report_wait`` and a round at most, as their calls have ended; return the jobs whose
+        """The executor stops: wait (if ``wait``) for the open batches' reports, ``ended_wait`` and
+        two rounds at most, as their calls have ended; return the jobs whose
         ``after_reports`` has not run, which the caller cleans now."""
-        deadline = time.monotonic() + (self.report_wait / 4 + 1.0 if wait else 0.0)
+        deadline = time.monotonic() + (self.ended_wait + 2 * ROUND if wait else 0.0)
         with self._lock:
             while self._open and (left := deadline - time.monotonic()) > 0:
                 self._all_done.wait(left)
@@ -305,7 +310,7 @@ class FanOut:
                             return
                         self._pending.remove(batch)
                     self._done(batch)
-            self._wake.wait(0.5)
+            self._wake.wait(ROUND)
             self._wake.clear()
 
     def _check(self, batch: Batch, keys: set[str], calls_ended: bool) -> bool:
@@ -315,7 +320,7 @@ class FanOut:
         An invoker that has not started is waited for while its job makes progress (the platform
         may queue it behind other calls), ``report_wait`` at least; one that has started, for twice
         that from its start. Once the batch's calls have ended, an invoker that started has only
-        its report left to write: it gets a quarter of ``report_wait``; one that never started
+        its report left to write: it gets ``ended_wait``; one that never started
         invoked none of them (they were cancelled, failed or invoked by the client), and has
         nothing to report.
         """
@@ -339,7 +344,7 @@ class FanOut:
             deadline = max(batch.accepted or now, batch.job.last_progress) + self.report_wait
         if calls_ended:
             batch.ended = batch.ended or now
-            deadline = min(deadline, batch.ended + self.report_wait / 4)
+            deadline = min(deadline, batch.ended + self.ended_wait)
         if now < deadline:
             return False
         if calls_ended:
